@@ -413,3 +413,14 @@ def test_the_summarizers_endpoint_is_shown_without_its_credentials(url: str, sho
     for text in (repr(config), str(config)):
         assert f"summarizer_base_url='{shown}'" in text and "s3cr3t-pw" not in text
     assert config.summarizer_base_url == url  # the value itself is the one given
+
+
+def test_max_abandoned_tool_calls_is_a_positive_integer_or_none() -> None:
+    assert ContextManagerConfig().max_abandoned_tool_calls == 64
+    assert ContextManagerConfig(max_abandoned_tool_calls="none").max_abandoned_tool_calls is None
+    assert ContextManagerConfig(max_abandoned_tool_calls=None).max_abandoned_tool_calls is None
+    for value in (0, -1, True, "many", 2.5):
+        # (it said "allowed a number > 0", of 2.5 too, and not that none is allowed)
+        allowed = r"; allowed an integer > 0, or none \(no bound on the tools together\)$"
+        with pytest.raises(ConfigurationError, match=r"^max_abandoned_tool_calls: got .*" + allowed):
+            ContextManagerConfig(max_abandoned_tool_calls=value)

@@ -201,6 +201,14 @@ class ContextManagerConfig(BaseSettings):
     max_concurrent_tool_calls: int = Field(
         8, gt=0, description="How many tool calls of one model response run at once."
     )
+    max_abandoned_tool_calls: int | None = Field(
+        64,
+        gt=0,
+        description="Most tool calls, of all tools together, left running after their caller stopped "
+        "waiting (async tools that ignored their cancellation, sync tools in their thread) before new calls "
+        "to the tools that left them are refused ('overloaded', not run); tools that never did run freely. "
+        "None ('none' in the environment): no bound but each tool's own max_abandoned_calls.",
+    )
 
     # Health check settings
     health_check_interval: float = Field(
@@ -347,7 +355,7 @@ class ContextManagerConfig(BaseSettings):
             raise ValueError("a connection string without NUL characters")
         return text
 
-    @field_validator("postgres_statement_timeout", mode="before")
+    @field_validator("postgres_statement_timeout", "max_abandoned_tool_calls", mode="before")
     @classmethod
     def _none_as_text(cls, value: Any) -> Any:
         """``"none"`` (any case) is None: an environment variable or ``--set`` can only give text."""
@@ -589,9 +597,12 @@ def _describe_constraints(field: str) -> str | None:
     ]
     if not bounds:
         return None
-    kind = "an integer" if info.annotation is int else "a number"
+    kind = "an integer" if info.annotation in (int, int | None) else "a number"
     return f"{kind} " + " and ".join(bounds) + _NONE_MEANS.get(field, "")
 
 
-_NONE_MEANS = {"postgres_statement_timeout": ", or none (the server's own statement_timeout)"}
+_NONE_MEANS = {
+    "postgres_statement_timeout": ", or none (the server's own statement_timeout)",
+    "max_abandoned_tool_calls": ", or none (no bound on the tools together)",
+}
 """What ``none`` (None) means for an option with bounds whose default is not None (see ``_none_as_text``)."""

@@ -26,6 +26,7 @@ from context_manager.core.tool_system import (
     tool,
 )
 from context_manager.core.tool_system.booleans import nested_booleans
+from tests.loop_support import longest_loop_step
 
 from .conftest import ManualClock, gated_tool
 
@@ -320,6 +321,128 @@ async def test_non_mapping_arguments_are_invalid(manager: ToolManager) -> None:
     result = await manager.call_tool("summarise", ["text"])  # type: ignore[arg-type]
     assert result.error_type == "invalid_arguments"
     assert result.error == "arguments: got list; expected a JSON object (dict)"
+
+
+async def test_arguments_as_openai_json_text_are_parsed() -> None:
+    """OpenAI sends a call's arguments as JSON text (``tool_call.function.arguments``); ``call_tool`` refused
+    it ("arguments: got str; expected a JSON object (dict)"), so passing a call's fields on failed."""
+    ran: list[dict[str, Any]] = []
+
+    def lookup(key: str, limit: int = 1) -> str:
+        ran.append({"key": key, "limit": limit})
+        return f"{key}:{limit}"
+
+    manager = ToolManager()
+    manager.register_function_tool("lookup", lookup, "Look up", sensitive_arguments=["key"])
+    result = await manager.call_tool("lookup", '{"key": "a", "limit": 2}', call_id="call_1")
+    assert (result.success, result.result, result.call_id) == (True, "a:2", "call_1")
+    assert ran == [{"key": "a", "limit": 2}]
+    for empty in ("", "  ", "null"):  # no arguments, as in a provider's tool call
+        missing = await manager.call_tool("lookup", empty)
+        assert missing.error_type == "invalid_arguments" and "key: missing" in (missing.error or "")
+    bad = await manager.call_tool("lookup", '{"key": "s3cret-value"')
+    assert bad.error_type == "invalid_arguments"
+    assert bad.error is not None and bad.error.startswith(
+        "invalid arguments for tool 'lookup': arguments: got 22 characters that are no JSON (Expecting"
+    )
+    assert bad.error.endswith("; expected a JSON object")
+    assert "s3cret" not in bad.error  # the text is not quoted: it may hold a sensitive argument
+    listed = await manager.call_tool("lookup", "[1, 2]")
+    assert listed.error == (
+        "invalid arguments for tool 'lookup': arguments: got a JSON array; expected a JSON object"
+    )
+    assert ran == [{"key": "a", "limit": 2}]  # the refused calls did not run
+    assert manager.get_tool_stats()["tools"]["lookup"]["errors"] == {"invalid_arguments": 5}
+
+
+async def test_arguments_as_json_text_holding_nan_are_refused_as_a_providers_call_is() -> None:
+    """``call_tool`` read JSON text with Python's extensions (``NaN``, ``Infinity``), which is no JSON: the
+    tool ran with ``nan``, while the same call through ``execute_tool_calls`` was refused."""
+    ran: list[float] = []
+
+    def scale(factor: float) -> float:
+        ran.append(factor)
+        return factor
+
+    manager = ToolManager()
+    manager.register_function_tool("scale", scale, "Scale")
+    for constant in ("NaN", "Infinity", "-Infinity"):
+        text = '{"factor": ' + constant + "}"
+        refused = await manager.call_tool("scale", text)
+        assert refused.error == (
+            f"invalid arguments for tool 'scale': arguments: got {len(text)} characters that are no JSON "
+            f"({constant} is not JSON); expected a JSON object"
+        )
+        call = {"id": "1", "type": "function", "function": {"name": "scale", "arguments": text}}
+        assert (await manager.execute_tool_calls([call]))[0].error_type == "invalid_arguments"
+    assert ran == []
+    assert (await manager.call_tool("scale", '{"factor": 1e3}')).result == 1000.0
+
+
+async def test_bytes_holding_text_are_converted_binary_bytes_are_a_clear_failure() -> None:
+    """A tool returning bytes was refused ("bytes is not JSON-serialisable") although a pydantic model's or a
+    dataclass's bytes field was converted to its UTF-8 text; binary bytes now say what to do instead."""
+
+    @dataclasses.dataclass
+    class Blob:
+        data: bytes
+
+    results: dict[str, Any] = {
+        "raw": b"caf\xc3\xa9",
+        "buffer": bytearray(b"abc"),
+        "nested": {"body": b"ok", "rows": [memoryview(b"x")]},
+        "field": Blob(b"text"),
+        "binary": b"\xff\x00\x01",
+    }
+    manager = ToolManager()
+
+    def returning(name: str) -> Any:
+        return lambda: results[name]
+
+    for name in results:
+        manager.register_function_tool(name, returning(name), name)
+    assert (await manager.execute_tool("raw")).result == "café"
+    assert (await manager.execute_tool("buffer")).result == "abc"
+    nested = await manager.execute_tool("nested")
+    assert nested.result == {"body": "ok", "rows": ["x"]}
+    assert nested.to_content() == '{"body": "ok", "rows": ["x"]}'
+    assert (await manager.execute_tool("field")).result == {"data": "text"}  # as before
+    binary = await manager.execute_tool("binary")
+    assert not binary.success and binary.error_type == "tool_error"
+    assert binary.error is not None and binary.error.startswith(
+        "tool 'binary' returned a value that is not JSON-serialisable (a bytes value of 3 bytes that are not "
+        "UTF-8 text (decode them, or base64-encode them: base64.b64encode(data).decode()));"
+    )
+
+
+async def test_megabytes_of_bytes_are_converted_off_the_event_loop() -> None:
+    """Bytes were converted to their text on the event loop whatever their size: a file reader returning
+    20 MB of bytes (alone or in a dict) held the loop for 0.4-0.65 s, where 20 MB of text in a dict goes to
+    a worker thread. Bytes now weigh as a text of their length; binary ones are still refused."""
+    text = 'línea "citada" \\ 🙂\n' * 800_000  # about 20 MB of UTF-8, with escapes
+    data = text.encode()
+    values: dict[str, Any] = {
+        "top": data,
+        "nested": {"path": "/var/log/app.log", "content": bytearray(data)},
+        "binary": {"content": data + b"\xff"},
+    }
+    manager = ToolManager()
+    for name, value in values.items():
+        manager.register_function_tool(name, (lambda value=value: value), name)
+
+    steps: list[float] = []
+    for _ in range(3):  # the best of three: a step of the shared machine's own passes another run
+        top, top_step = await longest_loop_step(lambda: manager.execute_tool("top"))
+        nested, nested_step = await longest_loop_step(lambda: manager.execute_tool("nested"))
+        binary, binary_step = await longest_loop_step(lambda: manager.execute_tool("binary"))
+        assert top.result == text and top.to_content() == text
+        assert nested.result == {"path": "/var/log/app.log", "content": text}
+        assert nested.to_content() == json.dumps(nested.result, ensure_ascii=False)
+        assert binary.error_type == "tool_error" and "not UTF-8 text" in (binary.error or "")
+        steps.append(max(top_step, nested_step, binary_step))
+        if steps[-1] < 0.030:
+            break
+    assert min(steps) < 0.030, f"the loop was held {min(steps) * 1000:.0f} ms"
 
 
 async def test_exception_in_tool_is_a_tool_error() -> None:
@@ -1295,3 +1418,52 @@ def test_a_tool_with_a_docstring_or_a_description_registers_without_a_warning() 
         manager.register_tool(tool(name="find", description="Look up an order.")(lambda order_id: order_id))
         manager.register_function_tool("lookup", _undocumented, "Look up an order.")  # the same again: no-op
     assert len(manager.list_tools()) == 3
+
+
+async def test_an_argument_validator_raising_an_error_pydantic_does_not_wrap_is_a_failed_result() -> None:
+    """pydantic turns a validator's ValueError into a ValidationError, but not a KeyError or a TypeError:
+    ``execute_tool`` raised it to the caller (a crash of the whole batch of tool calls), although a tool-side
+    problem must come back as a failed ToolResult."""
+
+    class Query(pydantic.BaseModel):
+        key: str
+
+        @pydantic.field_validator("key")
+        @classmethod
+        def known(cls, value: str) -> str:
+            return {"a": "alpha"}[value]  # KeyError for any other key
+
+    ran: list[str] = []
+
+    async def lookup(query: Query) -> str:
+        ran.append(query.key)
+        return query.key
+
+    manager = ToolManager()
+    manager.register_function_tool("lookup", lookup, "Look up")
+    assert (await manager.execute_tool("lookup", query={"key": "a"})).result == "alpha"
+    failed = await manager.execute_tool("lookup", query={"key": "zzz"})
+    assert not failed.success and failed.error_type == "tool_error"
+    assert failed.error == (
+        "tool 'lookup' raised KeyError: 'zzz' while its arguments were validated (in the tool's own "
+        "validators or defaults)"
+    )
+    both = await manager.execute_tool_calls(
+        [
+            {
+                "id": "1",
+                "type": "function",
+                "function": {"name": "lookup", "arguments": '{"query": {"key": "b"}}'},
+            },
+            {
+                "id": "2",
+                "type": "function",
+                "function": {"name": "lookup", "arguments": '{"query": {"key": "a"}}'},
+            },
+        ]
+    )
+    assert [(result.call_id, result.error_type, result.result) for result in both] == [
+        ("1", "tool_error", None),
+        ("2", None, "alpha"),
+    ]
+    assert ran == ["alpha", "alpha"]

@@ -337,3 +337,31 @@ async def test_to_content_gives_the_result_as_it_is_after_a_change_in_place() ->
         result.result["tags"].append("checked")
         assert result.to_content() == '{"id": "c-1", "name": "Ada", "tags": ["vip", "checked"]}'
     assert result.cached
+
+
+async def test_a_result_converted_to_a_text_is_the_tool_messages_text_as_to_content_says(
+    tmp_path: Path,
+) -> None:
+    """A tool returning bytes (or a date) got ``result == "hello"`` and ``to_content() == "hello"``, but the
+    tool message in the window carried the JSON text, ``'"hello"'`` with its quotes (``"2024-01-02"`` for
+    the date), unlike a tool returning the text itself. A value converted to a text is now its own content,
+    on a cache hit too."""
+    import datetime
+
+    values: dict[str, Any] = {"text": "hello", "raw": b"hello", "day": datetime.date(2024, 1, 2)}
+    async with EnhancedContextManager(ContextManagerConfig(cache_path=str(tmp_path))) as context:
+        for name, value in values.items():
+            context.tool_manager.register_function_tool(
+                name, (lambda value=value: value), name, cacheable=True
+            )
+        for round_ in range(2):  # a miss, then a cache hit
+            calls = [{"id": f"{name}{round_}", "name": name, "arguments": {}} for name in values]
+            results = await context.execute_tool_calls(calls)
+            assert [result.cached for result in results] == [bool(round_)] * 3
+            assert [result.to_content() for result in results] == ["hello", "hello", "2024-01-02"]
+            answers = {
+                message.tool_call_id: message.content
+                for message in context.messages
+                if message.role == "tool"
+            }
+            assert [answers[f"{name}{round_}"] for name in values] == ["hello", "hello", "2024-01-02"]

@@ -918,3 +918,132 @@ async def test_the_same_tool_registered_again_starts_with_no_calls_left_running(
     release.set()
     await wait_until_no_abandoned_task(manager)
     assert manager.get_tool_stats()["tools"]["lookup"]["abandoned"] == 0
+
+
+async def test_the_calls_left_running_of_all_tools_together_are_bounded_by_the_config() -> None:
+    """The bound on calls left running was per tool only: 50 tools each leaving 16 calls running left 800
+    tasks, without bound. ``config.max_abandoned_tool_calls`` bounds them together: once the tools have that
+    many, a new call to a tool that left calls running is refused at once (``overloaded``, not run), while
+    tools that never did run freely; the count falls as the calls end."""
+    release = asyncio.Event()
+    asyncio.get_running_loop().call_later(RELEASE_AFTER, release.set)
+    started_calls: list[str] = []
+
+    def stubborn_named(name: str) -> Any:
+        stubborn = stubborn_tool(release, [])
+
+        async def run() -> str:
+            started_calls.append(name)
+            return str(await stubborn())
+
+        return run
+
+    async def well_behaved() -> str:
+        return "fine"
+
+    manager = ToolManager(ContextManagerConfig(max_abandoned_tool_calls=3), cancel_grace=0.02)
+    assert manager.max_abandoned_calls == 16  # each tool's own bound is far from reached
+    for name in ("a", "b", "c"):
+        manager.register_function_tool(name, stubborn_named(name), "Stubborn", timeout=0.2)
+    manager.register_function_tool("fine", well_behaved, "Fine")
+    first = await asyncio.gather(*(manager.execute_tool(name) for name in ("a", "b", "c")))
+    assert [result.error_type for result in first] == [ToolErrorType.TIMEOUT] * 3
+    stats = manager.get_tool_stats()
+    assert (stats["abandoned_calls"], stats["max_abandoned_tool_calls"]) == (3, 3)
+    began = time.perf_counter()
+    refused = await manager.call_tool("a", {}, call_id="call_4")
+    assert time.perf_counter() - began < 0.2  # at once: not after the tool's timeout
+    assert refused.error_type is ToolErrorType.OVERLOADED and refused.call_id == "call_4"
+    assert refused.error == (
+        "tool 'a' has ignored its cancellation before, and the tools of this manager have 3 calls still "
+        "running after their caller stopped waiting (config.max_abandoned_tool_calls=3 allows no more in "
+        'all), so this call did not run: retry when some of them end; get_tool_stats()["tools"] shows '
+        'which tools have calls "abandoned"'
+    )
+    assert sorted(started_calls) == ["a", "b", "c"]  # the refused call did not start the tool
+    assert (await manager.execute_tool("fine")).result == "fine"  # a tool that never left a call running
+    release.set()
+    await wait_until_no_abandoned_task(manager)
+    assert manager.get_tool_stats()["abandoned_calls"] == 0
+    again = await manager.execute_tool("a")
+    assert again.success and again.result == "late answer"
+
+
+async def test_sync_calls_left_in_their_threads_count_toward_the_bound_of_all_tools_together() -> None:
+    gate = threading.Event()
+
+    def hangs() -> str:
+        gate.wait(timeout=10.0)
+        return "late"
+
+    def quick() -> str:
+        return "quick"
+
+    manager = ToolManager(ContextManagerConfig(max_abandoned_tool_calls=1))
+    manager.register_function_tool("hangs", hangs, "Hangs", timeout=0.3)
+    manager.register_function_tool("quick", quick, "Quick", timeout=5.0)
+    try:
+        assert (await manager.execute_tool("hangs")).error_type is ToolErrorType.TIMEOUT
+        refused = await manager.execute_tool("hangs")
+        assert refused.error_type is ToolErrorType.OVERLOADED
+        assert refused.error is not None and refused.error.startswith(
+            "tool 'hangs' has 1 call still running in its thread after its timeout, and the tools of this "
+            "manager have 1 call still running after their caller stopped waiting "
+            "(config.max_abandoned_tool_calls=1 allows no more in all)"
+        )
+        assert (await manager.execute_tool("quick")).result == "quick"
+        manager.config.max_abandoned_tool_calls = None  # read at each call: no bound in all
+        assert (await manager.execute_tool("hangs")).error_type is ToolErrorType.TIMEOUT
+    finally:
+        gate.set()
+    await wait_until_tool_has_no_abandoned_call(manager, "hangs")
+    assert manager.get_tool_stats()["abandoned_calls"] == 0
+    assert (await manager.execute_tool("hangs")).result == "late"
+
+
+async def test_tool_stats_show_which_tool_ignored_its_cancellation() -> None:
+    """An operator could not see which tool misbehaves: ``get_tool_stats()`` had no mark of a tool that
+    ignored its cancellation (whose calls in flight count toward the bounds from then on)."""
+    release = asyncio.Event()
+    asyncio.get_running_loop().call_later(RELEASE_AFTER, release.set)
+    manager = ToolManager(cancel_grace=0.01)
+    manager.register_function_tool("stubborn", stubborn_tool(release, []), "Stubborn", timeout=0.1)
+    manager.register_function_tool("fine", lambda: "fine", "Fine")
+    stats = manager.get_tool_stats()
+    assert stats["tools"]["stubborn"]["ignored_cancellation"] is False
+    assert stats["abandoned_calls"] == 0 and stats["max_abandoned_tool_calls"] == 64  # the default
+    assert (await manager.execute_tool("stubborn")).error_type is ToolErrorType.TIMEOUT
+    stats = manager.get_tool_stats()
+    assert stats["tools"]["stubborn"]["ignored_cancellation"] is True
+    assert stats["tools"]["stubborn"]["abandoned"] == 1 and stats["abandoned_calls"] == 1
+    assert stats["tools"]["fine"]["ignored_cancellation"] is False
+    release.set()
+    await wait_until_no_abandoned_task(manager)
+    stats = manager.get_tool_stats()
+    assert stats["tools"]["stubborn"]["ignored_cancellation"] is True  # it may do it again
+    assert (stats["tools"]["stubborn"]["abandoned"], stats["abandoned_calls"]) == (0, 0)
+    manager.register_function_tool("stubborn", lambda: "fixed", "Fixed", replace=True)
+    assert manager.get_tool_stats()["tools"]["stubborn"]["ignored_cancellation"] is False
+
+
+async def test_a_replaced_tools_calls_left_running_count_in_all_until_they_end() -> None:
+    release = asyncio.Event()
+    asyncio.get_running_loop().call_later(RELEASE_AFTER, release.set)
+    manager = ToolManager(ContextManagerConfig(max_abandoned_tool_calls=1), cancel_grace=0.01)
+    manager.register_function_tool("old", stubborn_tool(release, []), "Old", timeout=0.1)
+    manager.register_function_tool("other", stubborn_tool(release, []), "Other", timeout=0.1)
+    assert (await manager.execute_tool("other")).error_type is ToolErrorType.TIMEOUT
+    manager.register_function_tool("other", lambda: "fixed", "Fixed", replace=True)
+    stats = manager.get_tool_stats()
+    assert stats["abandoned_calls"] == 1  # the old registration's call still runs
+    assert stats["tools"]["other"]["abandoned"] == 0 and not stats["tools"]["other"]["ignored_cancellation"]
+    assert (await manager.execute_tool("other")).result == "fixed"  # not known to leave calls running
+    assert (await manager.execute_tool("old")).error_type is ToolErrorType.TIMEOUT  # first: not known yet
+    refused = await manager.execute_tool("old")
+    assert refused.error_type is ToolErrorType.OVERLOADED and "have 2 calls still running" in (
+        refused.error or ""
+    )
+    release.set()
+    await wait_until_no_abandoned_task(manager)
+    assert manager.get_tool_stats()["abandoned_calls"] == 0
+    assert (await manager.execute_tool("old")).result == "late answer"

@@ -30,11 +30,11 @@ problems:
 8. **result** - the value must be JSON-serialisable because it goes into the context window. Plain JSON
    values are returned as they are (tuples as lists, as a cache hit reads them back); pydantic models
    (``model_dump(mode="json")``), dataclasses (their fields as a model's: datetimes, enums, sets),
-   datetimes, dates, times, durations, decimals, UUIDs, enums, paths, and numpy scalars and arrays are
-   converted; anything else (sets, arbitrary objects, NaN, cycles) gives a
-   failed result with ``error_type="tool_error"``. The result is encoded once (``to_content()`` reuses
-   the text); one holding more than about 10,000 values (or megabytes of text) is checked and encoded in a
-   worker thread, in pieces, so the event loop goes on meanwhile.
+   datetimes, dates, times, durations, decimals, UUIDs, enums, paths, numpy scalars and arrays, and bytes
+   holding UTF-8 text (as a model's bytes field is) are converted; anything else (sets, binary bytes,
+   arbitrary objects, NaN, cycles) gives a failed result with ``error_type="tool_error"``. The result is
+   encoded once (``to_content()`` reuses the text); one holding more than about 10,000 values (or megabytes
+   of text) is checked and encoded in a worker thread, in pieces, so the event loop goes on meanwhile.
 
 Sync tools run in the manager's own threads (:class:`~context_manager.core.threads.UserThreads`, up to
 ``max_threads``, created on demand), not in the event loop's default pool that memory storage uses: hung
@@ -51,9 +51,11 @@ its rate limit (a cache hit is still answered); the count drops as those calls e
 are not stopped (nothing can stop them), and a first burst of concurrent calls, all started before any
 timed out, runs whole; but once an async tool has ignored a cancellation (for the life of its
 registration) its calls in flight count toward the bound too, so later bursts cannot leave more than the
-bound running. The count belongs to the registration: a tool registered again starts at 0. A sync
-callable that returns a coroutine has it run as an async tool's (its own task, the rest of the timeout,
-the same grace and tracking).
+bound running. The count belongs to the registration: a tool registered again starts at 0. Together, the
+calls left running of every tool (and the calls in flight of tools that ignored a cancellation) are bounded
+by ``config.max_abandoned_tool_calls`` (64): past it, a call to a tool that left calls running is refused
+as ``overloaded`` too, while tools that never did run freely. A sync callable that returns a coroutine has
+it run as an async tool's (its own task, the rest of the timeout, the same grace and tracking).
 
 The manager is meant for one event loop. Its only background tasks are async tools that ignored their
 cancellation: :meth:`ToolManager.cleanup` (or ``async with ToolManager() as tools``) cancels them again and
@@ -152,7 +154,7 @@ class _ToolStats:
             self.failures += 1
             self.errors[error_type.value] = self.errors.get(error_type.value, 0) + 1
 
-    def as_dict(self, abandoned: int) -> dict[str, Any]:
+    def as_dict(self, abandoned: int, ignored_cancellation: bool) -> dict[str, Any]:
         return {
             "calls": self.calls,
             "successes": self.successes,
@@ -164,6 +166,7 @@ class _ToolStats:
             "last_called": self.last_called,
             "errors": dict(self.errors),
             "abandoned": abandoned,
+            "ignored_cancellation": ignored_cancellation,
         }
 
 
@@ -226,6 +229,17 @@ class _ResultEncoder(json.JSONEncoder):
             # numpy scalars and arrays (a data tool's ``sum()``): their Python values; NaN is still refused
             self.converted = True
             return o.tolist()
+        if isinstance(o, _BYTES):
+            # as a pydantic model's bytes field is (UTF-8 text); other bytes have no text to show a model
+            try:
+                text = bytes(o).decode()
+            except UnicodeDecodeError:
+                raise TypeError(
+                    f"a {type(o).__name__} value of {len(o)} bytes that are not UTF-8 text (decode them, or "
+                    "base64-encode them: base64.b64encode(data).decode())"
+                ) from None
+            self.converted = True
+            return text
         if (dataclasses.is_dataclass(o) and not isinstance(o, type)) or isinstance(o, _CONVERTED_VALUES):
             self.converted = True
             if isinstance(o, pathlib.PurePath):  # pydantic writes a Path, not a PurePosixPath
@@ -266,6 +280,8 @@ length, so a result of megabytes of text in a few values goes to the thread too.
 _CHUNK_CHARS = _CHUNK_ITEMS * _CHARS_PER_VALUE
 """A longer text is encoded (and decoded) in slices of this many characters."""
 _CONTAINERS = (dict, list, tuple)
+_BYTES = (bytes, bytearray, memoryview)
+_TEXTS = (str, *_BYTES)  # weighed by their length (bytes are converted to their UTF-8 text)
 _length = operator.length_hint  # a text's length, 0 for a number, True or None (at C speed over a map)
 
 
@@ -277,7 +293,7 @@ def _weight(value: Any, limit: int) -> int:
     Stops as soon as the count passes ``limit``: the cost is bounded by it, whatever the size.
     """
     if not isinstance(value, _CONTAINERS):
-        return 1 + len(value) // _CHARS_PER_VALUE if type(value) is str else 1
+        return 1 + len(value) // _CHARS_PER_VALUE if isinstance(value, _TEXTS) else 1
     total = 0
     pending: list[Any] = [value]
     scalar = _SCALAR_TYPES.issuperset
@@ -300,7 +316,10 @@ def _weight(value: Any, limit: int) -> int:
 
 def _is_large(value: Any) -> bool:
     """Whether a result is large enough to be checked and encoded off the event loop (an estimate)."""
-    return isinstance(value, _CONTAINERS) and _estimate(value, 0) > _OFF_LOOP_ITEMS
+    if isinstance(value, _CONTAINERS):
+        return _estimate(value, 0) > _OFF_LOOP_ITEMS
+    # bytes are decoded to their text: 20 MB of it held the event loop for 0.65 s
+    return isinstance(value, _BYTES) and len(value) // _CHARS_PER_VALUE > _OFF_LOOP_ITEMS
 
 
 _SAMPLED = 3  # a list's size is estimated from this many of its items (rows are alike)
@@ -311,7 +330,7 @@ _ESTIMATE_DEPTH = 4
 def _estimate(value: Any, depth: int) -> int:
     """About how many values ``value`` holds at every level, from a few samples (cost bounded, small)."""
     if not isinstance(value, _CONTAINERS):
-        return 1 + len(value) // _CHARS_PER_VALUE if type(value) is str else 1
+        return 1 + len(value) // _CHARS_PER_VALUE if isinstance(value, _TEXTS) else 1
     size = len(value)
     if not size or depth >= _ESTIMATE_DEPTH:
         return size
@@ -341,12 +360,16 @@ class _ChunkedEncoding:
 
     def __init__(self, encoder: json.JSONEncoder) -> None:
         self._encode = encoder.encode
+        # bytes holding text: the converting encoder's text of them, encoded in slices as a long text is
+        self._bytes_text = encoder.default if isinstance(encoder, _ResultEncoder) else None
         self._path: set[int] = set()  # the containers being encoded: a cycle through them is refused
 
     def encode(self, value: Any) -> tuple[str, Any]:
         """Return the text and its piece tree."""
         if type(value) is str and len(value) > _CHUNK_CHARS:
             return self._encode_text(value)
+        if self._bytes_text is not None and isinstance(value, _BYTES) and len(value) > _CHUNK_CHARS:
+            return self._encode_text(self._bytes_text(value))  # (refused, TypeError, unless UTF-8 text)
         if not isinstance(value, _CONTAINERS) or _weight(value, _CHUNK_ITEMS) <= _CHUNK_ITEMS:
             text = self._encode(value)
             return text, len(text)
@@ -463,7 +486,7 @@ class _Batch:
 
 def _encode_large_result(value: Any) -> tuple[Any, str, Any]:
     """:func:`_encode_result` for a large value, in pieces (run in a worker thread); also the piece tree."""
-    tuples = _check_keys(value)
+    tuples = isinstance(value, _CONTAINERS) and _check_keys(value)
     encoder: json.JSONEncoder = _PLAIN_ENCODER
     try:
         text, tree = _ChunkedEncoding(encoder).encode(value)
@@ -612,6 +635,10 @@ class ToolManager(ToolRegistry):
         # running, sync calls in their thread), and, once it ignored a cancellation, its calls in flight; a
         # tool without any has no entry, so the check on each call is one test of an empty dict
         self._abandoned_calls: dict[ToolDefinition, _CallsLeftRunning] = {}
+        # of every registration together (a replaced one's too, until its calls end): the calls left running,
+        # and the calls in flight of tools that ignored a cancellation (config.max_abandoned_tool_calls)
+        self._total_abandoned = 0
+        self._total_in_flight = 0
         # a sync call ending after its event loop closed reports its end from its own thread
         self._abandoned_calls_lock = threading.Lock()
         # async tools that ignored their cancellation and still run (task -> its tool): referenced here so
@@ -698,7 +725,7 @@ class ToolManager(ToolRegistry):
     async def call_tool(
         self,
         name: str,
-        arguments: Mapping[str, Any] | None = None,
+        arguments: Mapping[str, Any] | str | None = None,
         /,
         *,
         call_id: str | None = None,
@@ -711,7 +738,9 @@ class ToolManager(ToolRegistry):
 
         Args:
             name: The tool to run.
-            arguments: Its arguments (None means none).
+            arguments: Its arguments (None means none), or their JSON object text as OpenAI sends it
+                (``tool_call.function.arguments``; an empty text or ``null`` means none); text that is no
+                JSON object gives an ``invalid_arguments`` result.
             call_id: A provider tool call id, copied to the result.
             caller_key: Rate-limit this caller separately (e.g. a user or session id), and cache its
                 results apart from other callers'; None shares the tool's limit and cache among all.
@@ -749,7 +778,11 @@ class ToolManager(ToolRegistry):
         return result
 
     async def _call_tool(
-        self, name: str, arguments: Mapping[str, Any] | None, call_id: str | None, caller_key: str | None
+        self,
+        name: str,
+        arguments: Mapping[str, Any] | str | None,
+        call_id: str | None,
+        caller_key: str | None,
     ) -> ToolResult:
         started = _perf_counter()
         definition = self._tools.get(name) if isinstance(name, str) else None
@@ -769,7 +802,13 @@ class ToolManager(ToolRegistry):
             )
         if arguments is None:
             arguments = {}
-        elif not isinstance(arguments, Mapping):
+        elif isinstance(arguments, str):  # OpenAI's function.arguments, the JSON text of an object
+            parsed = _arguments_from_text(arguments)
+            if isinstance(parsed, str):  # (the text is not quoted: it may hold a sensitive argument)
+                message = f"invalid arguments for tool {name!r}: {parsed}"
+                return self._fail(definition, ToolErrorType.INVALID_ARGUMENTS, message, started, call_id)
+            arguments = parsed
+        if not isinstance(arguments, Mapping):
             return self._fail(
                 definition,
                 ToolErrorType.INVALID_ARGUMENTS,
@@ -848,6 +887,15 @@ class ToolManager(ToolRegistry):
                 return self._fail(
                     definition, ToolErrorType.INVALID_ARGUMENTS, message, started, call_id, arguments
                 )
+            except Exception as error:
+                # the tool's own code (a validator raising KeyError or TypeError, which pydantic does not
+                # turn into a ValidationError; a default that cannot be copied): its failure, not a crash
+                logger.debug("validating the arguments of tool %r raised %s", name, type(error).__name__)
+                message = (
+                    f"tool {name!r} raised {_describe_error(error)} while its arguments were validated "
+                    "(in the tool's own validators or defaults)"
+                )
+                return self._fail(definition, ToolErrorType.TOOL_ERROR, message, started, call_id, arguments)
             if unsure:  # booleans a union's members (or a field's name) left open: read as numbers?
                 read = booleans_read_as_numbers(
                     validated, unsure, arguments, sensitive_arguments=definition.sensitive_keys
@@ -889,7 +937,7 @@ class ToolManager(ToolRegistry):
             if cache_key is None and model is not None:  # e.g. a nested model or a datetime argument
                 try:
                     cache_key = canonical_arguments(validated.model_dump(mode="json"))
-                except (ValueError, RecursionError):  # not JSON (an object sentinel, a cycle): run uncached
+                except Exception:  # not JSON (an object sentinel, a cycle, a serializer raising): uncached
                     cache_key = None
             if cache_key is not None and caller_key is not None:
                 # one cache per caller: callers are kept apart (an MCP server's users), so is what they got
@@ -1074,6 +1122,10 @@ class ToolManager(ToolRegistry):
                 call_id,
                 call_arguments,
             )
+        if pieces is not TEXT_RESULT and type(value) is str:
+            # a value converted to a text (bytes, a datetime): its own content, as a text returned is (the
+            # window carried it JSON-quoted, '"hello"', where to_content() gave 'hello')
+            text, pieces = value, TEXT_RESULT
         if cache_key is not None and self._tools.get(name) is definition:
             # (unless replaced meanwhile)
             self._cache.put(name, cache_key, text, definition.cache_ttl, pieces=pieces, generation=generation)
@@ -1245,6 +1297,7 @@ class ToolManager(ToolRegistry):
             if calls is None:
                 calls = self._abandoned_calls[definition] = _CallsLeftRunning()
             calls.abandoned += 1
+            self._total_abandoned += 1
             return calls
 
     def _abandoned_call_ended(self, definition: ToolDefinition, calls: _CallsLeftRunning) -> None:
@@ -1255,6 +1308,7 @@ class ToolManager(ToolRegistry):
         """
         with self._abandoned_calls_lock:
             calls.abandoned -= 1
+            self._total_abandoned -= 1
             if calls.idle() and self._abandoned_calls.get(definition) is calls:
                 del self._abandoned_calls[definition]  # no entry: the check on each call stays one dict test
 
@@ -1263,13 +1317,16 @@ class ToolManager(ToolRegistry):
         calls = self._abandoned_calls.get(definition)
         if calls is None or not calls.stubborn:
             return None
-        calls.in_flight += 1
+        with self._abandoned_calls_lock:
+            calls.in_flight += 1
+            self._total_in_flight += 1
         return calls
 
     def _in_flight_ended(self, definition: ToolDefinition, calls: _CallsLeftRunning) -> None:
         """Count down a call :meth:`_count_in_flight` counted, its caller answered (or cancelled)."""
         with self._abandoned_calls_lock:
             calls.in_flight -= 1
+            self._total_in_flight -= 1
             if calls.idle() and self._abandoned_calls.get(definition) is calls:
                 del self._abandoned_calls[definition]
 
@@ -1287,15 +1344,13 @@ class ToolManager(ToolRegistry):
         limit = definition.max_abandoned_calls
         if limit is None:
             limit = self._max_abandoned_calls
-            if limit is None:
-                return None
             bound = f"ToolManager(max_abandoned_calls={limit})"
         else:
             bound = f"its max_abandoned_calls={limit}"
-        if calls.abandoned + calls.in_flight < limit:
-            return None
+        if limit is None or calls.abandoned + calls.in_flight < limit:
+            return self._overloaded_in_all(definition, calls, started, call_id)
         if self._forget_dead_tasks() and calls.abandoned + calls.in_flight < limit:
-            return None
+            return self._overloaded_in_all(definition, calls, started, call_id)
         left, in_flight = calls.abandoned, calls.in_flight
         plural = left != 1
         counted, they, their = (f"{left} calls", "they", "their") if plural else ("1 call", "it", "its")
@@ -1323,6 +1378,42 @@ class ToolManager(ToolRegistry):
                 f"{bound} allows no more), so this call did not run: retry "
                 f"when {they} end{'' if plural else 's'}, or {remedy}"
             )
+        return self._fail(definition, ToolErrorType.OVERLOADED, message, started, call_id)
+
+    def _overloaded_in_all(
+        self, definition: ToolDefinition, calls: _CallsLeftRunning, started: float, call_id: str | None
+    ) -> ToolResult | None:
+        """The ``overloaded`` failure of a call to a tool that left calls running, at the bound in all.
+
+        That is when the manager's tools together have ``config.max_abandoned_tool_calls`` such calls (the
+        calls in flight of tools that ignored a cancellation included); else None.
+
+        Without it, each tool's own bound held, but 50 tools each leaving 16 calls running left 800 tasks or
+        threads. Tools that never left a call running are not refused: they are not what fills the count.
+        """
+        cap = self.config.max_abandoned_tool_calls
+        if cap is None or self._total_abandoned + self._total_in_flight < cap:
+            return None
+        if self._forget_dead_tasks() and self._total_abandoned + self._total_in_flight < cap:
+            return None
+        left, in_flight = self._total_abandoned, self._total_in_flight
+        if definition.is_async or calls.stubborn:
+            why = "has ignored its cancellation before"
+        else:
+            mine = calls.abandoned
+            why = (
+                f"has {mine} calls still running in their threads after their timeout"
+                if mine != 1
+                else "has 1 call still running in its thread after its timeout"
+            )
+        running = f"{left} call{'s' if left != 1 else ''} still running after their caller stopped waiting"
+        if in_flight:
+            running += f" and {in_flight} in flight of tools that ignored their cancellation"
+        message = (
+            f"tool {definition.name!r} {why}, and the tools of this manager have {running} "
+            f"(config.max_abandoned_tool_calls={cap} allows no more in all), so this call did not run: retry "
+            'when some of them end; get_tool_stats()["tools"] shows which tools have calls "abandoned"'
+        )
         return self._fail(definition, ToolErrorType.OVERLOADED, message, started, call_id)
 
     def _forget_dead_tasks(self) -> bool:
@@ -1707,18 +1798,27 @@ class ToolManager(ToolRegistry):
         ``abandoned`` (timed-out calls still running in their thread) and ``max``. ``tasks``:
         ``abandoned``, the async tools that ignored their cancellation and still run in their task.
         Per tool, ``abandoned`` counts its calls of either kind still running after their caller stopped
-        waiting; ``max_abandoned_calls`` is the bound past which new calls to a tool are refused
-        (``overloaded``).
+        waiting, and ``ignored_cancellation`` says whether one of its async calls ignored its cancellation
+        (for the life of its registration: its calls in flight count toward the bounds too);
+        ``max_abandoned_calls`` is the bound past which new calls to a tool are refused (``overloaded``).
+        ``abandoned_calls`` counts such calls of every tool together (a replaced registration's too), and
+        ``max_abandoned_tool_calls`` (``config.max_abandoned_tool_calls``) is the bound on them together
+        past which new calls to tools that left calls running are refused.
         """
         if self._abandoned_tasks:
             self._forget_dead_tasks()
         registered = self._tools
         abandoned = {  # the current registrations' (one replaced keeps its own until its calls end)
-            definition.name: calls.abandoned
+            definition.name: calls
             for definition, calls in list(self._abandoned_calls.items())
             if registered.get(definition.name) is definition
         }
-        tools = {name: stats.as_dict(abandoned.get(name, 0)) for name, stats in self._stats.items()}
+        tools = {
+            name: stats.as_dict(calls.abandoned, calls.stubborn)
+            if (calls := abandoned.get(name)) is not None
+            else stats.as_dict(0, False)
+            for name, stats in self._stats.items()
+        }
         return {
             "registered_tools": len(self._tools),
             "total_calls": sum(stats.calls for stats in self._stats.values()) + self._unknown_calls,
@@ -1732,8 +1832,40 @@ class ToolManager(ToolRegistry):
             },
             "tasks": {"abandoned": len(self._abandoned_tasks)},
             "max_abandoned_calls": self._max_abandoned_calls,
+            "abandoned_calls": self._total_abandoned,
+            "max_abandoned_tool_calls": self.config.max_abandoned_tool_calls,
             "tools": tools,
         }
+
+
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_ARGUMENTS_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+"""JSON as a provider's tool call is read (``execute_tool_calls`` refuses NaN and Infinity too)."""
+
+
+def _arguments_from_text(text: str) -> dict[str, Any] | str:
+    """Arguments given as JSON text (OpenAI's ``function.arguments``): the object, else what is wrong.
+
+    An empty text or ``null`` is no arguments, as in a provider's tool call.
+    """
+    if not text.strip():
+        return {}
+    try:
+        value = _ARGUMENTS_DECODER.decode(text)
+    except (ValueError, RecursionError) as error:  # bad JSON, NaN, a number too large, nesting too deep
+        detail = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        return f"arguments: got {len(text)} characters that are no JSON ({detail}); expected a JSON object"
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        return f"arguments: got a JSON {_JSON_KINDS.get(type(value), 'value')}; expected a JSON object"
+    return value
 
 
 def _checked_callback(callback: ApprovalCallback | None) -> ApprovalCallback | None:
