@@ -63,6 +63,13 @@ _LOCK_MIGRATIONS_IN_TRANSACTION = (
 )
 _IDLE = 0  # psycopg.pq.TransactionStatus.IDLE: no transaction open, no statement running
 _OPEN_POLL = 0.1  # seconds between two looks at the pool's failed connection attempts while it opens
+RECONNECT_DELAY_MAX = 2.0
+"""Longest wait, in seconds, between two attempts of a pool to replace a lost connection.
+
+psycopg_pool doubles the wait after each failed attempt without a bound (1, 2, 4 ... 128 s, until its
+``reconnect_timeout``): a long-lived process whose server was down for a minute got its next attempt up to a
+minute after the server was back, and failed every call meanwhile as if the server were still down.
+"""
 TCP_SETTINGS = {
     "keepalives": 1,
     "keepalives_idle": 10,
@@ -113,6 +120,42 @@ def _import_psycopg() -> tuple[Any, Any]:
         raise MissingDependencyError("memory_backend='postgres'", "psycopg", "postgres") from error
     _quiet_own_closes()
     return psycopg, psycopg_pool
+
+
+_pool_class: Any = None
+
+
+def _bounded_pool_class(psycopg_pool: Any) -> Any:
+    """psycopg_pool's ``AsyncConnectionPool`` waiting at most :data:`RECONNECT_DELAY_MAX` between attempts.
+
+    A pool (re)connects in ``_add_connection(attempt, growing)``, rescheduling itself with the attempt's
+    doubled delay; the attempt given here caps that delay. A psycopg_pool without these internals gets its
+    own pool class unchanged.
+    """
+    global _pool_class
+    if _pool_class is not None:
+        return _pool_class
+    pool_class = psycopg_pool.AsyncConnectionPool
+    attempt_class = getattr(getattr(psycopg_pool, "base", None), "AttemptWithBackoff", None)
+    if attempt_class is None or not hasattr(pool_class, "_add_connection"):  # pragma: no cover
+        _pool_class = pool_class
+        return pool_class
+
+    class BoundedAttempt(attempt_class):  # type: ignore[misc, valid-type]
+        delay: float
+
+        def update_delay(self, now: float) -> None:
+            super().update_delay(now)
+            self.delay = min(self.delay, RECONNECT_DELAY_MAX)
+
+    class BoundedPool(pool_class):  # type: ignore[misc, valid-type]
+        async def _add_connection(self, attempt: Any, growing: bool = False) -> None:
+            if attempt is None:
+                attempt = BoundedAttempt(timeout=self.reconnect_timeout)
+            await super()._add_connection(attempt, growing=growing)
+
+    _pool_class = BoundedPool
+    return BoundedPool
 
 
 _closed_on_purpose: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -218,7 +261,7 @@ class PostgresDatabase:
         psycopg, psycopg_pool = _import_psycopg()
         self._psycopg = psycopg
         self._check_dsn(psycopg)
-        pool = psycopg_pool.AsyncConnectionPool(
+        pool = _bounded_pool_class(psycopg_pool)(
             self.dsn,
             min_size=1,
             max_size=self.pool_size,
@@ -393,7 +436,7 @@ class PostgresDatabase:
                 lock_pool = self._lock_pool
                 if lock_pool is None:
                     _, psycopg_pool = _import_psycopg()
-                    lock_pool = psycopg_pool.AsyncConnectionPool(
+                    lock_pool = _bounded_pool_class(psycopg_pool)(
                         self.dsn,
                         min_size=0,
                         max_size=LOCK_CONNECTIONS,
