@@ -226,6 +226,55 @@ async def test_a_long_lived_worker_serves_again_within_seconds_of_a_long_outage(
         await outage.close()
 
 
+@pytest.mark.slow
+async def test_a_worker_opens_a_migrated_store_while_another_process_holds_the_migration_lock(
+    postgres_dsn: str,
+) -> None:
+    """Every open took the schema's migration lock, even with nothing to migrate, and waited for it without a
+    bound: while another process held it (a new worker applying a slow migration), a server opening a manager
+    per request served nothing. An open that finds every migration applied now takes no lock."""
+    import psycopg
+
+    async with MemoryManager(postgres_config(postgres_dsn)):
+        pass  # the schema migrated
+    holder = await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True)
+    process: asyncio.subprocess.Process | None = None
+    try:
+        await holder.execute(
+            "SELECT pg_advisory_lock(hashtext('context_manager:migrations' || '@' || current_schema()))"
+        )
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(WEB_WORKER),
+            postgres_dsn,
+            "10",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=ROOT,
+        )
+        assert process.stdin is not None and process.stdout is not None
+        try:
+            ready = await asyncio.wait_for(process.stdout.readline(), 60)
+        except TimeoutError:
+            pytest.fail("the worker's manager was still opening after 60 s: it waited for the migration lock")
+        assert ready == b"ready\n"
+        process.stdin.write(b"add served while the lock is held\n")
+        await process.stdin.drain()
+        answer = json.loads(await asyncio.wait_for(process.stdout.readline(), 60))
+        assert answer["ok"], answer
+    finally:
+        await holder.close()  # releases the lock
+        if process is not None and process.returncode is None:
+            assert process.stdin is not None
+            process.stdin.close()
+            try:
+                await asyncio.wait_for(process.wait(), 60)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
 async def test_health_checker_reports_the_server(postgres_dsn: str, tmp_path: Path) -> None:
     from context_manager.core.enhanced_context_manager import EnhancedContextManager
 

@@ -654,6 +654,22 @@ class PostgresDatabase:
         """
         known = {name for name, _ in migrations} | set(optional)
 
+        async def applied_before(connection: psycopg.AsyncConnection[Any]) -> set[str] | None:
+            cursor = await connection.execute(f"SELECT {own_table('cm_schema_migrations')} IS NULL")
+            if (await cursor.fetchone() or (True,))[0]:
+                return None
+            cursor = await connection.execute("SELECT name FROM cm_schema_migrations")  # the own table
+            return {row[0] for row in await cursor.fetchall()}
+
+        # Nothing missing (every open but a store's first, or an upgrade's): no lock to wait for. A migration
+        # commits with the row that records it, so a row read is a migration done. Taking the lock anyway
+        # made every open wait, without a bound, while any process held it (another worker starting with a
+        # slow migration to apply): a server opening a manager per request served none meanwhile.
+        done = await self.run(applied_before, "migration check")
+        if done is not None and all(name in done for name, _ in migrations):
+            self._warn_unknown(done - known)
+            return []
+
         async def apply(connection: psycopg.AsyncConnection[Any]) -> list[str]:
             await connection.execute(_LOCK_EARLIER_SHARED, (_MIGRATION_LOCK,))
             try:
@@ -686,13 +702,7 @@ class PostgresDatabase:
                             "INSERT INTO cm_schema_migrations(name) VALUES (%s)", (name,)
                         )
                     applied.append(name)
-                unknown = sorted(done - known)
-                if unknown:
-                    logger.warning(
-                        "the PostgreSQL schema has migrations this version does not know (%s): "
-                        "a newer version of context-manager migrated it",
-                        ", ".join(unknown),
-                    )
+                self._warn_unknown(done - known)
                 return applied
             finally:
                 await connection.execute(_UNLOCK_MIGRATIONS, _MIGRATION_LOCKED)
@@ -701,6 +711,16 @@ class PostgresDatabase:
         if applied:
             logger.info("PostgreSQL schema at %s migrated: %s", self.location, ", ".join(applied))
         return applied
+
+    @staticmethod
+    def _warn_unknown(unknown: set[str]) -> None:
+        """Log the migrations found applied that this version does not know (a newer version's)."""
+        if unknown:
+            logger.warning(
+                "the PostgreSQL schema has migrations this version does not know (%s): "
+                "a newer version of context-manager migrated it",
+                ", ".join(sorted(unknown)),
+            )
 
     async def create_if_missing(self, statement: str, what: str) -> None:
         """Run a ``CREATE ... IF NOT EXISTS`` statement under the migration lock.
