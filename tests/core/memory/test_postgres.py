@@ -173,7 +173,8 @@ async def test_a_long_lived_worker_serves_again_within_seconds_of_a_long_outage(
     psycopg_pool retries a lost connection with a doubling delay (1, 2, 4, 8, 16, 32 s ...): after a 33 s
     outage its next attempt came about 30 s after the server was back, and every request of the worker
     meanwhile failed with "no connection ... the server is down".
-    The delay between attempts is now at most 2 s, so the worker serves again within a few seconds.
+    An attempt now gives up after 2 s and the pool starts a new one at once, so the worker serves again within
+    a few seconds.
     """
     outage = ServerOutage(postgres_dsn)
     await outage.restore()

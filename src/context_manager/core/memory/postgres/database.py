@@ -63,12 +63,14 @@ _LOCK_MIGRATIONS_IN_TRANSACTION = (
 )
 _IDLE = 0  # psycopg.pq.TransactionStatus.IDLE: no transaction open, no statement running
 _OPEN_POLL = 0.1  # seconds between two looks at the pool's failed connection attempts while it opens
-RECONNECT_DELAY_MAX = 2.0
-"""Longest wait, in seconds, between two attempts of a pool to replace a lost connection.
+RECONNECT_TIMEOUT = 2.0
+"""Seconds a pool's attempt to replace a lost connection lasts before it starts over (``reconnect_timeout``).
 
-psycopg_pool doubles the wait after each failed attempt without a bound (1, 2, 4 ... 128 s, until its
-``reconnect_timeout``): a long-lived process whose server was down for a minute got its next attempt up to a
-minute after the server was back, and failed every call meanwhile as if the server were still down.
+psycopg_pool doubles the wait after each failed attempt (1, 2, 4 ... 128 s) until ``reconnect_timeout`` (5
+minutes by default): a long-lived process whose server was down for 33 s got its next attempt about 30 s after
+the server was back, and failed every call meanwhile as if the server were still down. An attempt now gives up
+after this long and :func:`_reconnect_again` starts a new one at once (psycopg_pool's public
+``reconnect_failed`` hook), so a pool tries again at least every 2 s however long the outage.
 """
 TCP_SETTINGS = {
     "keepalives": 1,
@@ -122,40 +124,14 @@ def _import_psycopg() -> tuple[Any, Any]:
     return psycopg, psycopg_pool
 
 
-_pool_class: Any = None
+async def _reconnect_again(pool: AsyncConnectionPool) -> None:
+    """Start a new attempt of ``pool`` to connect, its last one having given up (:data:`RECONNECT_TIMEOUT`).
 
-
-def _bounded_pool_class(psycopg_pool: Any) -> Any:
-    """psycopg_pool's ``AsyncConnectionPool`` waiting at most :data:`RECONNECT_DELAY_MAX` between attempts.
-
-    A pool (re)connects in ``_add_connection(attempt, growing)``, rescheduling itself with the attempt's
-    doubled delay; the attempt given here caps that delay. A psycopg_pool without these internals gets its
-    own pool class unchanged.
+    The pool counts a connection fewer once an attempt gives up; :meth:`check` (public) has it grow back by
+    one when it is short of connections (at once, as a new attempt of its own) and drops the idle connections
+    the server closed.
     """
-    global _pool_class
-    if _pool_class is not None:
-        return _pool_class
-    pool_class = psycopg_pool.AsyncConnectionPool
-    attempt_class = getattr(getattr(psycopg_pool, "base", None), "AttemptWithBackoff", None)
-    if attempt_class is None or not hasattr(pool_class, "_add_connection"):  # pragma: no cover
-        _pool_class = pool_class
-        return pool_class
-
-    class BoundedAttempt(attempt_class):  # type: ignore[misc, valid-type]
-        delay: float
-
-        def update_delay(self, now: float) -> None:
-            super().update_delay(now)
-            self.delay = min(self.delay, RECONNECT_DELAY_MAX)
-
-    class BoundedPool(pool_class):  # type: ignore[misc, valid-type]
-        async def _add_connection(self, attempt: Any, growing: bool = False) -> None:
-            if attempt is None:
-                attempt = BoundedAttempt(timeout=self.reconnect_timeout)
-            await super()._add_connection(attempt, growing=growing)
-
-    _pool_class = BoundedPool
-    return BoundedPool
+    await pool.check()
 
 
 _closed_on_purpose: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -261,7 +237,7 @@ class PostgresDatabase:
         psycopg, psycopg_pool = _import_psycopg()
         self._psycopg = psycopg
         self._check_dsn(psycopg)
-        pool = _bounded_pool_class(psycopg_pool)(
+        pool = psycopg_pool.AsyncConnectionPool(
             self.dsn,
             min_size=1,
             max_size=self.pool_size,
@@ -270,6 +246,8 @@ class PostgresDatabase:
             kwargs=self._connection_settings(psycopg),
             configure=self._configure if self.statement_timeout is not None else None,
             name="context-manager",
+            reconnect_timeout=RECONNECT_TIMEOUT,
+            reconnect_failed=_reconnect_again,
         )
         try:
             reason = await self._open_pool(pool, psycopg, psycopg_pool)
@@ -436,7 +414,7 @@ class PostgresDatabase:
                 lock_pool = self._lock_pool
                 if lock_pool is None:
                     _, psycopg_pool = _import_psycopg()
-                    lock_pool = _bounded_pool_class(psycopg_pool)(
+                    lock_pool = psycopg_pool.AsyncConnectionPool(
                         self.dsn,
                         min_size=0,
                         max_size=LOCK_CONNECTIONS,
@@ -445,6 +423,8 @@ class PostgresDatabase:
                         timeout=self.connect_timeout,
                         kwargs=self._connection_settings(self._psycopg),
                         name="context-manager-locks",
+                        reconnect_timeout=RECONNECT_TIMEOUT,
+                        reconnect_failed=_reconnect_again,
                     )
                     await lock_pool.open(wait=False)
                     self._lock_pool = lock_pool
