@@ -25,6 +25,7 @@ from context_manager.core.memory.postgres.database import RETRY_DELAYS
 from tests.postgres_support import ServerOutage, restart_server
 
 WORKER = Path(__file__).with_name("postgres_worker.py")
+WEB_WORKER = Path(__file__).with_name("postgres_web_worker.py")
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -163,6 +164,116 @@ async def test_an_unreachable_server_fails_a_call_within_the_connect_timeout(pos
             assert await memory.get_memory(after.id) is not None
     finally:
         await outage.close()
+
+
+@pytest.mark.slow
+async def test_a_long_lived_worker_serves_again_within_seconds_of_a_long_outage(postgres_dsn: str) -> None:
+    """A web worker keeps one manager (and pool) open; the server is unreachable for 33 s, then back.
+
+    psycopg_pool retries a lost connection with a doubling delay (1, 2, 4, 8, 16, 32 s ...): after a 33 s
+    outage its next attempt came about 30 s after the server was back, and every request of the worker
+    meanwhile failed with "no connection ... the server is down".
+    An attempt now gives up after 2 s and the pool starts a new one at once, so the worker serves again within
+    a few seconds.
+    """
+    outage = ServerOutage(postgres_dsn)
+    await outage.restore()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(WEB_WORKER),
+        outage.dsn,
+        "2",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+
+    async def request(line: str) -> dict[str, Any]:
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(f"{line}\n".encode())
+        await process.stdin.drain()
+        answer: dict[str, Any] = json.loads(await asyncio.wait_for(process.stdout.readline(), 60))
+        return answer
+
+    loop = asyncio.get_running_loop()
+    try:
+        ready = await asyncio.wait_for(process.stdout.readline(), 120)
+        assert ready == b"ready\n", (ready, await process.stderr.read())
+        assert (await request("add before"))["ok"]
+        await outage.cut()
+        cut_at = loop.time()
+        while loop.time() - cut_at < 33:  # traffic goes on during the outage, every request refused
+            answer = await request("add during")
+            assert not answer["ok"] and answer["error"] == "StorageError", answer
+            assert "PostgreSQL at" in answer["message"] and answer["seconds"] < 2 + sum(RETRY_DELAYS) + 3
+        await outage.restore()
+        back_at = loop.time()
+        while not (answer := await request("add after"))["ok"]:
+            assert loop.time() - back_at < 90, answer
+        recovered = loop.time() - back_at
+        assert recovered < 12, f"the worker served again {recovered:.1f} s after the server was back"
+        messages = (await request("read"))["messages"]
+        assert messages[0] == "before" and messages[-1] == "after"
+    finally:
+        if process.returncode is None:
+            process.stdin.close()
+            try:
+                await asyncio.wait_for(process.wait(), 60)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        await outage.close()
+
+
+@pytest.mark.slow
+async def test_a_worker_opens_a_migrated_store_while_another_process_holds_the_migration_lock(
+    postgres_dsn: str,
+) -> None:
+    """Every open took the schema's migration lock, even with nothing to migrate, and waited for it without a
+    bound: while another process held it (a new worker applying a slow migration), a server opening a manager
+    per request served nothing. An open that finds every migration applied now takes no lock."""
+    import psycopg
+
+    async with MemoryManager(postgres_config(postgres_dsn)):
+        pass  # the schema migrated
+    holder = await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True)
+    process: asyncio.subprocess.Process | None = None
+    try:
+        await holder.execute(
+            "SELECT pg_advisory_lock(hashtext('context_manager:migrations' || '@' || current_schema()))"
+        )
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(WEB_WORKER),
+            postgres_dsn,
+            "10",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=ROOT,
+        )
+        assert process.stdin is not None and process.stdout is not None
+        try:
+            ready = await asyncio.wait_for(process.stdout.readline(), 60)
+        except TimeoutError:
+            pytest.fail("the worker's manager was still opening after 60 s: it waited for the migration lock")
+        assert ready == b"ready\n"
+        process.stdin.write(b"add served while the lock is held\n")
+        await process.stdin.drain()
+        answer = json.loads(await asyncio.wait_for(process.stdout.readline(), 60))
+        assert answer["ok"], answer
+    finally:
+        await holder.close()  # releases the lock
+        if process is not None and process.returncode is None:
+            assert process.stdin is not None
+            process.stdin.close()
+            try:
+                await asyncio.wait_for(process.wait(), 60)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
 
 
 async def test_health_checker_reports_the_server(postgres_dsn: str, tmp_path: Path) -> None:

@@ -63,6 +63,15 @@ _LOCK_MIGRATIONS_IN_TRANSACTION = (
 )
 _IDLE = 0  # psycopg.pq.TransactionStatus.IDLE: no transaction open, no statement running
 _OPEN_POLL = 0.1  # seconds between two looks at the pool's failed connection attempts while it opens
+RECONNECT_TIMEOUT = 2.0
+"""Seconds a pool's attempt to replace a lost connection lasts before it starts over (``reconnect_timeout``).
+
+psycopg_pool doubles the wait after each failed attempt (1, 2, 4 ... 128 s) until ``reconnect_timeout`` (5
+minutes by default): a long-lived process whose server was down for 33 s got its next attempt about 30 s after
+the server was back, and failed every call meanwhile as if the server were still down. An attempt now gives up
+after this long and :func:`_reconnect_again` starts a new one at once (psycopg_pool's public
+``reconnect_failed`` hook), so a pool tries again at least every 2 s however long the outage.
+"""
 TCP_SETTINGS = {
     "keepalives": 1,
     "keepalives_idle": 10,
@@ -113,6 +122,16 @@ def _import_psycopg() -> tuple[Any, Any]:
         raise MissingDependencyError("memory_backend='postgres'", "psycopg", "postgres") from error
     _quiet_own_closes()
     return psycopg, psycopg_pool
+
+
+async def _reconnect_again(pool: AsyncConnectionPool) -> None:
+    """Start a new attempt of ``pool`` to connect, its last one having given up (:data:`RECONNECT_TIMEOUT`).
+
+    The pool counts a connection fewer once an attempt gives up; :meth:`check` (public) has it grow back by
+    one when it is short of connections (at once, as a new attempt of its own) and drops the idle connections
+    the server closed.
+    """
+    await pool.check()
 
 
 _closed_on_purpose: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -227,6 +246,8 @@ class PostgresDatabase:
             kwargs=self._connection_settings(psycopg),
             configure=self._configure if self.statement_timeout is not None else None,
             name="context-manager",
+            reconnect_timeout=RECONNECT_TIMEOUT,
+            reconnect_failed=_reconnect_again,
         )
         try:
             reason = await self._open_pool(pool, psycopg, psycopg_pool)
@@ -402,6 +423,8 @@ class PostgresDatabase:
                         timeout=self.connect_timeout,
                         kwargs=self._connection_settings(self._psycopg),
                         name="context-manager-locks",
+                        reconnect_timeout=RECONNECT_TIMEOUT,
+                        reconnect_failed=_reconnect_again,
                     )
                     await lock_pool.open(wait=False)
                     self._lock_pool = lock_pool
@@ -611,6 +634,22 @@ class PostgresDatabase:
         """
         known = {name for name, _ in migrations} | set(optional)
 
+        async def applied_before(connection: psycopg.AsyncConnection[Any]) -> set[str] | None:
+            cursor = await connection.execute(f"SELECT {own_table('cm_schema_migrations')} IS NULL")
+            if (await cursor.fetchone() or (True,))[0]:
+                return None
+            cursor = await connection.execute("SELECT name FROM cm_schema_migrations")  # the own table
+            return {row[0] for row in await cursor.fetchall()}
+
+        # Nothing missing (every open but a store's first, or an upgrade's): no lock to wait for. A migration
+        # commits with the row that records it, so a row read is a migration done. Taking the lock anyway
+        # made every open wait, without a bound, while any process held it (another worker starting with a
+        # slow migration to apply): a server opening a manager per request served none meanwhile.
+        done = await self.run(applied_before, "migration check")
+        if done is not None and all(name in done for name, _ in migrations):
+            self._warn_unknown(done - known)
+            return []
+
         async def apply(connection: psycopg.AsyncConnection[Any]) -> list[str]:
             await connection.execute(_LOCK_EARLIER_SHARED, (_MIGRATION_LOCK,))
             try:
@@ -643,13 +682,7 @@ class PostgresDatabase:
                             "INSERT INTO cm_schema_migrations(name) VALUES (%s)", (name,)
                         )
                     applied.append(name)
-                unknown = sorted(done - known)
-                if unknown:
-                    logger.warning(
-                        "the PostgreSQL schema has migrations this version does not know (%s): "
-                        "a newer version of context-manager migrated it",
-                        ", ".join(unknown),
-                    )
+                self._warn_unknown(done - known)
                 return applied
             finally:
                 await connection.execute(_UNLOCK_MIGRATIONS, _MIGRATION_LOCKED)
@@ -658,6 +691,16 @@ class PostgresDatabase:
         if applied:
             logger.info("PostgreSQL schema at %s migrated: %s", self.location, ", ".join(applied))
         return applied
+
+    @staticmethod
+    def _warn_unknown(unknown: set[str]) -> None:
+        """Log the migrations found applied that this version does not know (a newer version's)."""
+        if unknown:
+            logger.warning(
+                "the PostgreSQL schema has migrations this version does not know (%s): "
+                "a newer version of context-manager migrated it",
+                ", ".join(sorted(unknown)),
+            )
 
     async def create_if_missing(self, statement: str, what: str) -> None:
         """Run a ``CREATE ... IF NOT EXISTS`` statement under the migration lock.
