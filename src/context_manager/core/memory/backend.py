@@ -382,8 +382,9 @@ class MemoryBackend(Protocol):
 
         On a shared storage one transaction under the ids' locks (the serialisation of :meth:`update`): a
         call cut short (a caller's timeout, a lost connection) deleted all of them or none, and a copy
-        another process moved meanwhile is deleted where it went. The embedded store deletes them a tier
-        at a time, the slowest first (its manager runs such a call to its end).
+        another process moved meanwhile is deleted where it went. The embedded store deletes the
+        long-term copies in one transaction recording the delete of the others (one log record): a
+        process killed in between has its delete finished when the store next opens.
         """
         ...
 

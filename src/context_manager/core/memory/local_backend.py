@@ -186,6 +186,9 @@ class LocalBackend:
         undone = long_store.pending_unmerges()
         if undone:
             self._finish_unmerges(undone)
+        deleting = long_store.pending_deletes()
+        if deleting:
+            self._finish_deletes(deleting)
         if self._long_copies:
             self._match_long_copies()
 
@@ -275,6 +278,27 @@ class LocalBackend:
             log.erase(gone)
             long_store.delete_vectors(gone)
         long_store.finish_unmerges(merged_ids)
+
+    def _finish_deletes(self, ids: Sequence[str]) -> None:
+        """Finish deletes stopped after their long-term copies were deleted (at open, on the storage thread).
+
+        :meth:`delete_together` records the delete of the volatile copies in the transaction deleting the
+        long-term ones: here those volatile copies are deleted (a merged memory is never left without the
+        originals it was deleted with, nor they without it), with their log records and vectors.
+        """
+        long_store, short, medium, log = self._long_store, self.short, self.medium, self._log
+        assert short is not None and medium is not None and log is not None
+        held = [memory_id for memory_id in ids if memory_id in short or memory_id in medium]
+        if held:
+            log.append([{"op": "delete", "ids": held}])
+            for store in (short, medium):
+                store.delete(held, log=False)
+        self._long_copies.difference_update(ids)
+        gone = sorted(set(ids) - long_store.existing_ids(list(ids)))
+        if gone:
+            log.erase(gone)
+            long_store.delete_vectors(gone)
+        long_store.finish_deletes(ids)
 
     async def close(self) -> None:
         """Close the stores and the log, release the lock and the storage threads.
@@ -651,14 +675,44 @@ class LocalBackend:
         return present
 
     async def delete_together(self, ids: Sequence[str]) -> list[tuple[str, MemoryTier]]:
-        """See :meth:`MemoryBackend.delete_together`: a tier at a time, long-term first."""
-        by_tier: dict[MemoryTier, list[str]] = {}
-        for copy in await self.copies(list(dict.fromkeys(ids))):
-            by_tier.setdefault(copy.tier, []).append(copy.id)
-        deleted: list[tuple[str, MemoryTier]] = []
-        for tier in sorted(by_tier, key=lambda tier: -TIER_ORDER[tier]):
-            deleted += [(memory_id, tier) for memory_id in await self.delete(tier, by_tier[tier])]
-        return deleted
+        """See :meth:`MemoryBackend.delete_together`: all of them or none, even if the process is killed.
+
+        The long-term copies go in one database transaction that also records the delete of the volatile
+        copies; those go in one log record after it, then the record is dropped. A process killed in
+        between leaves the record: the store finishes the delete when it opens (:meth:`_finish_deletes`).
+        A log write refused after the transaction (a full disk) puts the long-term copies back and drops
+        the record before raising: nothing is deleted.
+        """
+        found = await self.copies(list(dict.fromkeys(ids)))
+        long_copies = [copy for copy in found if copy.tier is MemoryTier.LONG]
+        volatile = [copy for copy in found if copy.tier is not MemoryTier.LONG]
+        volatile_ids = list(dict.fromkeys(copy.id for copy in volatile))
+        pending = volatile_ids if long_copies else []
+        if long_copies or pending:
+            write = functools.partial(self._long_store.delete, pending_deletes=pending)
+            present = set(await self._write(write, [copy.id for copy in long_copies]))
+            long_copies = [copy for copy in long_copies if copy.id in present]
+        if volatile_ids:
+            try:
+                await self._journal([{"op": "delete", "ids": volatile_ids}])
+            except StorageError:
+                if pending:
+                    with contextlib.suppress(StorageError):  # else the next open finishes the delete
+                        await self._write(self._long_store.put, [copy.copy() for copy in long_copies])
+                        await self._write(self._long_store.finish_deletes, pending)
+                raise
+            await self._settled()
+            await self._apply(
+                *(
+                    (store, store.stage_delete([copy.id for copy in volatile if copy.tier is tier])[1])
+                    for tier in (MemoryTier.SHORT, MemoryTier.MEDIUM)
+                    for store in (self._volatile(tier),)
+                )
+            )
+        self._long_copies.difference_update(copy.id for copy in found)
+        if pending:
+            await self._write(self._long_store.finish_deletes, pending)
+        return [(copy.id, copy.tier) for copy in [*long_copies, *volatile]]
 
     async def _may_hold_vectors(self) -> bool:
         """Whether the database may hold vectors (read once per open; then this process writes them)."""
