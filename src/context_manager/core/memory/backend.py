@@ -328,7 +328,8 @@ class MemoryBackend(Protocol):
 
         An id no longer in ``tier`` (another process sharing the storage deleted it, or moved it to
         another tier, since it was read) is skipped, never written back: a change is written where the
-        memory is now, not where it was.
+        memory is now, not where it was. A memory whose ``content`` changes loses its stored vectors (made
+        of the old text) no later than it is written, as with :meth:`update`.
         """
         ...
 

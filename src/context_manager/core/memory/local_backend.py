@@ -514,11 +514,21 @@ class LocalBackend:
             self._long_copies.difference_update(elsewhere)
 
     async def replace(self, tier: MemoryTier, memories: Sequence[Memory]) -> list[str]:
-        """Replace the memories still stored in ``tier``; return the ids replaced (see the protocol)."""
+        """Replace the memories still stored in ``tier``; return the ids replaced (see the protocol).
+
+        A memory whose text changes loses its vector first (committed before the new text is written, as
+        in :meth:`update`): a process killed before its caller embeds the new text leaves it without one,
+        embedded when the store next opens, not with the old text's vector for good.
+        """
         present = {
-            copy.id for copy in await self.copies([memory.id for memory in memories]) if copy.tier is tier
+            copy.id: copy
+            for copy in await self.copies([memory.id for memory in memories])
+            if copy.tier is tier
         }
         kept = [memory for memory in memories if memory.id in present]
+        retexted = [memory.id for memory in kept if present[memory.id].content != memory.content]
+        if retexted and await self._may_hold_vectors():
+            await self.delete_vectors(list(dict.fromkeys(retexted)))
         await self.put(tier, kept)
         return [memory.id for memory in kept]
 

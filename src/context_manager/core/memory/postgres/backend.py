@@ -580,28 +580,54 @@ class PostgresBackend:
         """Replace the memories still stored in ``tier``, in one transaction; return the ids replaced.
 
         An ``UPDATE`` of the row ``(id, tier)``: a row another process deleted or moved meanwhile is not
-        found, so it is not written back (an upsert would re-create it next to the moved copy).
+        found, so it is not written back (an upsert would re-create it next to the moved copy). A memory
+        whose text changes loses its stored vector (of the old text) in the same transaction, as with
+        :meth:`update`.
         """
         if not memories:
             return []
         rows = []
+        texts: dict[str, str] = {}
         for memory in sorted(memories, key=_by_id):  # rows locked in key order (see _DELETE)
             memory.tier = tier
             row = _row(memory)
             rows.append((*row[2:], row[0], row[1]))
+            texts[memory.id] = memory.content
+        drop_vectors = await self._vector_table_exists()
 
-        async def write(connection: psycopg.AsyncConnection[Any]) -> list[str]:
+        async def write(connection: psycopg.AsyncConnection[Any]) -> tuple[list[str], int]:
             replaced: list[str] = []
             async with connection.transaction(), connection.cursor() as cursor:
+                retexted: list[str] = []
+                if drop_vectors:
+                    await cursor.execute(
+                        "SELECT m.id FROM cm_memories m "
+                        "JOIN unnest(%s::text[], %s::text[]) AS n(id, content) ON m.id = n.id "
+                        "WHERE m.tier = %s AND m.content <> n.content",
+                        (list(texts), list(texts.values()), tier.value),
+                    )
+                    retexted = sorted(row[0] for row in await cursor.fetchall())
                 await cursor.executemany(_REPLACE, rows, returning=True)
                 while True:
                     found = await cursor.fetchone()
                     if found is not None:
                         replaced.append(found[0])
                     if not cursor.nextset():
-                        return replaced
+                        break
+                dropped = 0
+                if retexted:  # the old text's vectors, committed with the new text
+                    await cursor.execute(
+                        "DELETE FROM cm_memory_vectors WHERE id = ANY(%s) "
+                        "RETURNING model = %s AND dimension = %s",
+                        (retexted, self._vector_model, self._vector_dimension),
+                    )
+                    dropped = sum(1 for row in await cursor.fetchall() if row[0])
+            return replaced, dropped
 
-        return await self.database.run(write, "memory replace")
+        replaced, dropped = await self.database.run(write, "memory replace")
+        if self._vector_model is not None:
+            self._vector_count = max(0, self._vector_count - dropped)
+        return replaced
 
     async def move(self, memories: Sequence[Memory], source: MemoryTier, target: MemoryTier) -> None:
         """Move memories between tiers: one statement copies the stored rows and deletes the old ones.
