@@ -577,6 +577,10 @@ class MemoryMaintenance(TierMovement):
             )
             if self.embedder is not None and written:
                 self._embed_later([memories[memory_id] for memory_id in written])
+            if written and self._state == "ready" and not self._closing:
+                # the chunks written may have filled a tier past its capacity (a write between two chunks
+                # took room they were placed in): moved now, not left over until the next write
+                self._start_rebalance()
             raise
         return len(written)
 
