@@ -121,6 +121,9 @@ class LocalBackend:
         self._stemmer: Stemmer | None = None
         self._owners: set[str | None] = set()  # every user_id that ever had a memory here (superset)
         self._long_copies: set[str] = set()  # short-term ids that also have a long-term copy
+        # ids whose delete record (delete_together) a refused write left in the database: dropped before
+        # a copy of one is written again (else the next open deleted that new copy), or at close
+        self._stale_deletes: set[str] = set()
         self._vectors: dict[str, VectorIndex] = {}
         self._vector_model: str | None = None
         # whether the database may hold vectors (None: not read yet): an update of a text deletes its vector
@@ -311,6 +314,9 @@ class LocalBackend:
             self._lock_fd = None
             return
         if self._writer is not None:
+            if self._stale_deletes:
+                with contextlib.suppress(StorageError):
+                    await self._drop_stale_deletes()
             with contextlib.suppress(Exception):
                 await self._write(self._close_stores)
         for executor in (self._executor, self._writer):
@@ -482,6 +488,8 @@ class LocalBackend:
         """
         if not memories and not (pending_unmerges and tier is MemoryTier.LONG):
             return
+        if self._stale_deletes:
+            await self._drop_stale_deletes([memory.id for memory in memories])
         self._owners.update(memory.user_id for memory in memories)
         if tier is MemoryTier.LONG:
             write = functools.partial(
@@ -684,8 +692,37 @@ class LocalBackend:
             self._long_copies.difference_update(ids)
         return present
 
+    async def _drop_stale_deletes(self, written: Sequence[str] = ()) -> None:
+        """Drop the delete records a refused write left (see :meth:`delete_together`).
+
+        Raises:
+            StorageError: the database refused again and ``written`` (ids about to be written) holds one
+                of them: the write must not go on (the next open would delete its copy).
+        """
+        stale = sorted(self._stale_deletes)
+        try:
+            await self._write(self._long_store.finish_deletes, stale)
+        except StorageError:
+            if not self._stale_deletes.isdisjoint(written):
+                raise
+            return
+        self._stale_deletes.difference_update(stale)
+
     async def delete_together(self, ids: Sequence[str]) -> list[tuple[str, MemoryTier]]:
         """See :meth:`MemoryBackend.delete_together`: all of them or none, even if the process is killed.
+
+        Once begun it runs to its end: a caller cancelled meanwhile waits for it, then gets its
+        cancellation (cancelled after the long-term transaction, the process kept the volatile copies
+        until it next opened the store, and their delete record, which then deleted a copy written again
+        meanwhile).
+        """
+        deleted: list[tuple[str, MemoryTier]] = await to_the_end(
+            asyncio.ensure_future(self._delete_together(ids))
+        )
+        return deleted
+
+    async def _delete_together(self, ids: Sequence[str]) -> list[tuple[str, MemoryTier]]:
+        """The work of :meth:`delete_together`.
 
         The long-term copies go in one database transaction that also records the delete of the volatile
         copies; those go in one log record after it, then the record is dropped. A process killed in
@@ -709,7 +746,9 @@ class LocalBackend:
                 if pending:
                     with contextlib.suppress(StorageError):  # else the next open finishes the delete
                         await self._write(self._long_store.put, [copy.copy() for copy in long_copies])
-                        await self._write(self._long_store.finish_deletes, pending)
+                        # put back: the delete record must go (the next open deleted the volatile copies)
+                        self._stale_deletes.update(pending)
+                        await self._drop_stale_deletes()
                 raise
             await self._settled()
             await self._apply(
@@ -721,7 +760,10 @@ class LocalBackend:
             )
         self._long_copies.difference_update(copy.id for copy in found)
         if pending:
-            await self._write(self._long_store.finish_deletes, pending)
+            # the delete is done: a refused drop of its record is not an error (the memory is gone), but
+            # the record is dropped before any of these ids is written again
+            self._stale_deletes.update(pending)
+            await self._drop_stale_deletes()
         return [(copy.id, copy.tier) for copy in [*long_copies, *volatile]]
 
     async def _may_hold_vectors(self) -> bool:
