@@ -37,9 +37,9 @@ from context_manager.core.threads import to_the_end
 __all__ = ["MemoryMaintenance", "check_supersession_rings", "check_unique_id", "parse_exported_line"]
 
 _IMPORT_CHUNK = 500
+"""Copies an import writes per hold of the locks (other writers go on between chunks)."""
 _TURN_LOCKS = 32
 """Sessions whose turn locks one step of an import holds at most (on a shared storage)."""
-"""Copies an import writes per hold of the locks (other writers go on between chunks)."""
 
 ImportProgress = Callable[[str, int, int], None]
 """What ``import_memories(progress=...)`` calls: the stage (``"writing"``, ``"embedding"``), done, total."""
