@@ -731,3 +731,136 @@ async def test_an_update_the_disk_refuses_keeps_the_vector_of_the_text_kept(tmp_
     result = await asyncio.to_thread(run_script, EMBEDDED_UPDATER, tmp_path / "storage")
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.split() == ["FAILED", "true"], result.stdout + result.stderr
+
+
+MERGED_DELETER = """
+from context_manager.core.memory.sqlite_store import SQLiteStore
+
+async def main(path):
+    async with MemoryManager(settings(path)) as manager:
+        # three originals: one short-term with a long-term copy, two medium-term
+        await manager.add_memory("the gate code is qzoldxq for the north gate", importance=0.9)
+        for text in ("the gate code is qzoldxq for the north gate today",
+                     "the gate code is qzoldxq for the north gate, today"):
+            await manager.add_memory(text, tier="medium")
+        await manager.consolidate_memories(similarity_threshold=0.8)
+        (memory,) = await manager.search_memory("qzoldxq")
+        assert len(memory.merged_from) == 3, memory.merged_from
+        os.write(1, f"{memory.id}\\n".encode())
+        delete = SQLiteStore.delete
+
+        def delete_then_hang(self, *args, **kwargs):  # killed once a database delete has committed
+            present = delete(self, *args, **kwargs)
+            os.write(1, b"COMMITTED\\n")
+            import time
+            time.sleep(300)
+            return present
+
+        SQLiteStore.delete = delete_then_hang
+        await manager.delete_memory(memory.id)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def run_until_first_delete(storage: Path) -> str:
+    """Run :data:`MERGED_DELETER`, SIGKILL it once its first database delete committed; the merged id."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", PREAMBLE + MERGED_DELETER, str(storage)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    try:
+        memory_id = process.stdout.readline().strip()
+        marker = process.stdout.readline().strip()
+        failed = process.stderr.read() if process.poll() is not None else ""
+        assert memory_id and marker == "COMMITTED", failed
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    return memory_id
+
+
+async def test_a_merged_memory_delete_killed_midway_deletes_all_of_it_or_none(tmp_path: Path) -> None:
+    """``delete_memory`` of a consolidated memory on SQLite deleted its originals one transaction per copy,
+    then the memory: a process killed after the first committed left that original gone, the others and
+    the merged memory stored (an undo then restored part of the originals). Its long-term copies now go in
+    one transaction recording the delete of the volatile ones, finished when the store next opens: killed
+    right after that transaction, the memory and its three originals are all gone, in every tier."""
+    storage = tmp_path / "storage"
+    merged_id = await asyncio.to_thread(run_until_first_delete, storage)
+    config = settings(storage)
+    for _ in range(2):  # as the open left it, and once more (nothing left to finish)
+        async with MemoryManager(config) as manager:
+            copies = await manager.stored_copies()
+            assert [(copy.id, copy.tier.value) for copy in copies] == []
+            assert await manager.search_memory("qzoldxq") == []
+            assert await manager.get_memory(merged_id) is None
+            assert (await manager.check_integrity())["ok"]
+
+
+REPLACER = """
+import time
+from context_manager.core.memory.models import MemoryTier
+from context_manager.testing import HashingEmbedder
+
+async def main(path, dsn):
+    backend = {"memory_backend": "postgres", "postgres_dsn": dsn} if dsn else {}
+    config = ContextManagerConfig(storage_path=path, **backend)
+    async with MemoryManager(config, embedder=HashingEmbedder()) as manager:
+        memory = await manager.add_memory("the walrus sings at dawn", tier="long")
+        os.write(1, f"{memory.id}\\n".encode())
+        changed = memory.copy(content="herons fish at dusk")
+        assert await manager.backend.replace(MemoryTier.LONG, [changed]) == [memory.id]
+        os.write(1, b"REPLACED\\n")  # killed before anything embeds the new text
+        time.sleep(300)
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def run_until_replaced(storage: Path, dsn: str) -> str:
+    """Run :data:`REPLACER`, SIGKILL it once its ``replace`` returned; the id of the memory it replaced."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", PREAMBLE + REPLACER, str(storage), dsn],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    try:
+        memory_id = process.stdout.readline().strip()
+        marker = process.stdout.readline().strip()
+        failed = process.stderr.read() if process.poll() is not None else ""
+        assert memory_id and marker == "REPLACED", failed
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    return memory_id
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_a_replace_killed_before_its_new_text_is_embedded_is_embedded_on_open(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """``MemoryBackend.replace`` with a new text kept the memory's vector of its old text (an ``update``
+    drops it): a process killed before the new text was embedded left it for good, the memory found by the
+    meaning of words it no longer holds. The replace now drops the old vector with the write (PostgreSQL:
+    in its transaction), and the next opening embeds the new text."""
+    dsn = request.getfixturevalue("postgres_dsn") if backend == "postgres" else ""
+    storage = tmp_path / "storage"
+    memory_id = await asyncio.to_thread(run_until_replaced, storage, dsn)
+    options: dict[str, Any] = {"memory_backend": "postgres", "postgres_dsn": dsn} if dsn else {}
+    embedder = HashingEmbedder()
+    async with MemoryManager(
+        ContextManagerConfig(storage_path=storage, **options), embedder=embedder
+    ) as manager:
+        stored = await manager.get_memory(memory_id)
+        assert stored is not None and stored.content == "herons fish at dusk"
+        assert manager.backend is not None
+        vectors = await manager.backend.vectors_of([memory_id])
+        assert numpy.allclose(vectors[memory_id], embedder.embed(["herons fish at dusk"])[0])

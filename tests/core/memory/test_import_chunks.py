@@ -126,7 +126,9 @@ async def test_turns_remembered_during_an_import_follow_the_files_turns(
         pending: list[asyncio.Task[list[object]]] = []
 
         def progress(stage: str, done: int, total: int) -> None:
-            if done == CHUNK:  # turns 0..499 are stored, 500..599 not yet
+            # turns 0..499 are stored, 500..598 not yet (on PostgreSQL each session's last turn, 599, is
+            # written first, in a step of its own: the first chunk ends at 501)
+            if done >= CHUNK and not pending:
                 pending.append(
                     asyncio.create_task(
                         manager.remember_messages([Message.create("user", "a new turn")], session_id="s1")
@@ -350,3 +352,52 @@ async def test_an_import_moves_the_overflow_a_write_between_its_chunks_made(
         assert task is not None, f"short-term tier left at {await backend.count(MemoryTier.SHORT)}"
         await task
         assert await backend.count(MemoryTier.SHORT) <= capacity
+
+
+async def test_an_import_stopped_after_filling_a_tier_past_its_capacity_moves_the_overflow(
+    config: ContextManagerConfig, tmp_path: Path
+) -> None:
+    """Before: an import stopped by an error after a write between two chunks took room its next chunk
+    was placed in left the tier over its capacity (601 of 600) until some later write found it so: the
+    move of the overflow that ends a finished import was skipped. It now starts when the import stops
+    too (here its progress callback fails after the chunk that filled the tier), and a later add finds
+    the tier within its capacity."""
+    capacity = CHUNK + 100
+    config = config.model_copy(update={"short_term_memory_size": capacity, "medium_term_memory_size": 2000})
+    source = tmp_path / "export.jsonl"
+    with source.open("w", encoding="utf-8") as handle:
+        for number in range(capacity + 1):  # the short-term tier's capacity, then one medium-term memory
+            tier = "short" if number < capacity else "medium"
+            record = {
+                "id": f"note-{number:05d}",
+                "content": f"short note {number} about the harbour crane",
+                "tier": tier,
+                "tiers": [tier],
+                "importance": 0.3,
+                "created_at": 1_700_000_000.0 + number,
+                "last_accessed": 1_700_000_000.0 + number,
+                "metadata": {},
+            }
+            handle.write(json.dumps(record) + "\n")
+    async with MemoryManager(config) as manager:
+        pending: list[asyncio.Task[object]] = []
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if done == CHUNK:  # an id of its own: the add takes the write lock on PostgreSQL too
+                pending.append(asyncio.create_task(manager.add_memory("between", memory_id="between")))
+            elif done == capacity:  # the short-term copies are all written: the tier holds 601
+                raise RuntimeError("the progress display failed")
+
+        with pytest.raises(RuntimeError, match="progress display failed"):
+            await manager.import_memories(source, progress=progress)
+        await asyncio.gather(*pending)
+        backend = manager._require("count")
+        task = manager._rebalance_task
+        assert task is not None, f"short-term tier left at {await backend.count(MemoryTier.SHORT)}"
+        await task
+        assert await backend.count(MemoryTier.SHORT) <= capacity
+        await manager.add_memory("after the import", memory_id="after")
+        if manager._rebalance_task is not None:
+            await manager._rebalance_task
+        assert await backend.count(MemoryTier.SHORT) <= capacity
+        assert await manager.get_memory("note-00000") is not None

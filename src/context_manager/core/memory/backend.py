@@ -328,7 +328,8 @@ class MemoryBackend(Protocol):
 
         An id no longer in ``tier`` (another process sharing the storage deleted it, or moved it to
         another tier, since it was read) is skipped, never written back: a change is written where the
-        memory is now, not where it was.
+        memory is now, not where it was. A memory whose ``content`` changes loses its stored vectors (made
+        of the old text) no later than it is written, as with :meth:`update`.
         """
         ...
 
@@ -382,8 +383,9 @@ class MemoryBackend(Protocol):
 
         On a shared storage one transaction under the ids' locks (the serialisation of :meth:`update`): a
         call cut short (a caller's timeout, a lost connection) deleted all of them or none, and a copy
-        another process moved meanwhile is deleted where it went. The embedded store deletes them a tier
-        at a time, the slowest first (its manager runs such a call to its end).
+        another process moved meanwhile is deleted where it went. The embedded store deletes the
+        long-term copies in one transaction recording the delete of the others (one log record): a
+        process killed in between has its delete finished when the store next opens.
         """
         ...
 

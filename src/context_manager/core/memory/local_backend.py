@@ -121,6 +121,9 @@ class LocalBackend:
         self._stemmer: Stemmer | None = None
         self._owners: set[str | None] = set()  # every user_id that ever had a memory here (superset)
         self._long_copies: set[str] = set()  # short-term ids that also have a long-term copy
+        # ids whose delete record (delete_together) a refused write left in the database: dropped before
+        # a copy of one is written again (else the next open deleted that new copy), or at close
+        self._stale_deletes: set[str] = set()
         self._vectors: dict[str, VectorIndex] = {}
         self._vector_model: str | None = None
         # whether the database may hold vectors (None: not read yet): an update of a text deletes its vector
@@ -186,6 +189,9 @@ class LocalBackend:
         undone = long_store.pending_unmerges()
         if undone:
             self._finish_unmerges(undone)
+        deleting = long_store.pending_deletes()
+        if deleting:
+            self._finish_deletes(deleting)
         if self._long_copies:
             self._match_long_copies()
 
@@ -276,6 +282,27 @@ class LocalBackend:
             long_store.delete_vectors(gone)
         long_store.finish_unmerges(merged_ids)
 
+    def _finish_deletes(self, ids: Sequence[str]) -> None:
+        """Finish deletes stopped after their long-term copies were deleted (at open, on the storage thread).
+
+        :meth:`delete_together` records the delete of the volatile copies in the transaction deleting the
+        long-term ones: here those volatile copies are deleted (a merged memory is never left without the
+        originals it was deleted with, nor they without it), with their log records and vectors.
+        """
+        long_store, short, medium, log = self._long_store, self.short, self.medium, self._log
+        assert short is not None and medium is not None and log is not None
+        held = [memory_id for memory_id in ids if memory_id in short or memory_id in medium]
+        if held:
+            log.append([{"op": "delete", "ids": held}])
+            for store in (short, medium):
+                store.delete(held, log=False)
+        self._long_copies.difference_update(ids)
+        gone = sorted(set(ids) - long_store.existing_ids(list(ids)))
+        if gone:
+            log.erase(gone)
+            long_store.delete_vectors(gone)
+        long_store.finish_deletes(ids)
+
     async def close(self) -> None:
         """Close the stores and the log, release the lock and the storage threads.
 
@@ -287,6 +314,9 @@ class LocalBackend:
             self._lock_fd = None
             return
         if self._writer is not None:
+            if self._stale_deletes:
+                with contextlib.suppress(StorageError):
+                    await self._drop_stale_deletes()
             with contextlib.suppress(Exception):
                 await self._write(self._close_stores)
         for executor in (self._executor, self._writer):
@@ -458,6 +488,8 @@ class LocalBackend:
         """
         if not memories and not (pending_unmerges and tier is MemoryTier.LONG):
             return
+        if self._stale_deletes:
+            await self._drop_stale_deletes([memory.id for memory in memories])
         self._owners.update(memory.user_id for memory in memories)
         if tier is MemoryTier.LONG:
             write = functools.partial(
@@ -490,11 +522,21 @@ class LocalBackend:
             self._long_copies.difference_update(elsewhere)
 
     async def replace(self, tier: MemoryTier, memories: Sequence[Memory]) -> list[str]:
-        """Replace the memories still stored in ``tier``; return the ids replaced (see the protocol)."""
+        """Replace the memories still stored in ``tier``; return the ids replaced (see the protocol).
+
+        A memory whose text changes loses its vector first (committed before the new text is written, as
+        in :meth:`update`): a process killed before its caller embeds the new text leaves it without one,
+        embedded when the store next opens, not with the old text's vector for good.
+        """
         present = {
-            copy.id for copy in await self.copies([memory.id for memory in memories]) if copy.tier is tier
+            copy.id: copy
+            for copy in await self.copies([memory.id for memory in memories])
+            if copy.tier is tier
         }
         kept = [memory for memory in memories if memory.id in present]
+        retexted = [memory.id for memory in kept if present[memory.id].content != memory.content]
+        if retexted and await self._may_hold_vectors():
+            await self.delete_vectors(list(dict.fromkeys(retexted)))
         await self.put(tier, kept)
         return [memory.id for memory in kept]
 
@@ -650,15 +692,79 @@ class LocalBackend:
             self._long_copies.difference_update(ids)
         return present
 
+    async def _drop_stale_deletes(self, written: Sequence[str] = ()) -> None:
+        """Drop the delete records a refused write left (see :meth:`delete_together`).
+
+        Raises:
+            StorageError: the database refused again and ``written`` (ids about to be written) holds one
+                of them: the write must not go on (the next open would delete its copy).
+        """
+        stale = sorted(self._stale_deletes)
+        try:
+            await self._write(self._long_store.finish_deletes, stale)
+        except StorageError:
+            if not self._stale_deletes.isdisjoint(written):
+                raise
+            return
+        self._stale_deletes.difference_update(stale)
+
     async def delete_together(self, ids: Sequence[str]) -> list[tuple[str, MemoryTier]]:
-        """See :meth:`MemoryBackend.delete_together`: a tier at a time, long-term first."""
-        by_tier: dict[MemoryTier, list[str]] = {}
-        for copy in await self.copies(list(dict.fromkeys(ids))):
-            by_tier.setdefault(copy.tier, []).append(copy.id)
-        deleted: list[tuple[str, MemoryTier]] = []
-        for tier in sorted(by_tier, key=lambda tier: -TIER_ORDER[tier]):
-            deleted += [(memory_id, tier) for memory_id in await self.delete(tier, by_tier[tier])]
+        """See :meth:`MemoryBackend.delete_together`: all of them or none, even if the process is killed.
+
+        Once begun it runs to its end: a caller cancelled meanwhile waits for it, then gets its
+        cancellation (cancelled after the long-term transaction, the process kept the volatile copies
+        until it next opened the store, and their delete record, which then deleted a copy written again
+        meanwhile).
+        """
+        deleted: list[tuple[str, MemoryTier]] = await to_the_end(
+            asyncio.ensure_future(self._delete_together(ids))
+        )
         return deleted
+
+    async def _delete_together(self, ids: Sequence[str]) -> list[tuple[str, MemoryTier]]:
+        """The work of :meth:`delete_together`.
+
+        The long-term copies go in one database transaction that also records the delete of the volatile
+        copies; those go in one log record after it, then the record is dropped. A process killed in
+        between leaves the record: the store finishes the delete when it opens (:meth:`_finish_deletes`).
+        A log write refused after the transaction (a full disk) puts the long-term copies back and drops
+        the record before raising: nothing is deleted.
+        """
+        found = await self.copies(list(dict.fromkeys(ids)))
+        long_copies = [copy for copy in found if copy.tier is MemoryTier.LONG]
+        volatile = [copy for copy in found if copy.tier is not MemoryTier.LONG]
+        volatile_ids = list(dict.fromkeys(copy.id for copy in volatile))
+        pending = volatile_ids if long_copies else []
+        if long_copies or pending:
+            write = functools.partial(self._long_store.delete, pending_deletes=pending)
+            present = set(await self._write(write, [copy.id for copy in long_copies]))
+            long_copies = [copy for copy in long_copies if copy.id in present]
+        if volatile_ids:
+            try:
+                await self._journal([{"op": "delete", "ids": volatile_ids}])
+            except StorageError:
+                if pending:
+                    with contextlib.suppress(StorageError):  # else the next open finishes the delete
+                        await self._write(self._long_store.put, [copy.copy() for copy in long_copies])
+                        # put back: the delete record must go (the next open deleted the volatile copies)
+                        self._stale_deletes.update(pending)
+                        await self._drop_stale_deletes()
+                raise
+            await self._settled()
+            await self._apply(
+                *(
+                    (store, store.stage_delete([copy.id for copy in volatile if copy.tier is tier])[1])
+                    for tier in (MemoryTier.SHORT, MemoryTier.MEDIUM)
+                    for store in (self._volatile(tier),)
+                )
+            )
+        self._long_copies.difference_update(copy.id for copy in found)
+        if pending:
+            # the delete is done: a refused drop of its record is not an error (the memory is gone), but
+            # the record is dropped before any of these ids is written again
+            self._stale_deletes.update(pending)
+            await self._drop_stale_deletes()
+        return [(copy.id, copy.tier) for copy in [*long_copies, *volatile]]
 
     async def _may_hold_vectors(self) -> bool:
         """Whether the database may hold vectors (read once per open; then this process writes them)."""

@@ -46,6 +46,8 @@ __all__ = [
 
 _IMPORT_CHUNK = 500
 """Copies an import writes per hold of the locks (other writers go on between chunks)."""
+_TURN_LOCKS = 32
+"""Sessions whose turn locks one step of an import holds at most (on a shared storage)."""
 
 ImportProgress = Callable[[str, int, int], None]
 """What ``import_memories(progress=...)`` calls: the stage (``"writing"``, ``"embedding"``), done, total."""
@@ -492,7 +494,9 @@ class MemoryMaintenance(TierMovement):
         embedder) a batch at a time: the manager's locks are held only while a chunk is written or a
         batch's vectors saved, so other writes (the indexing of evicted messages among them) go on during
         a long import; new turns that ``remember_messages`` writes meanwhile to a session the file holds
-        are numbered after the file's turns of it. Stopped midway by an error or a cancellation, the
+        are numbered after the file's turns of it (on PostgreSQL in any process: each session's last turn
+        in the file is written first, under the lock ``remember_messages`` numbers that session's turns
+        with). Stopped midway by an error or a cancellation, the
         chunks written stay (and get their vectors in the background): the error has a note saying how
         many memories were written, and importing the file again finishes the import. A memory whose text
         the file changes loses its old text's vector as its chunk is written (embedded again after).
@@ -587,7 +591,9 @@ class MemoryMaintenance(TierMovement):
         (short-term first: the backend notes which short-term memories also have a long-term copy). A
         memory's copies it replaces, in the tiers its placement does not use, are deleted with the chunk
         writing its new copy (never before: killed anywhere, every memory has a copy, old or new; the
-        copies in tiers it does use are replaced by the puts).
+        copies in tiers it does use are replaced by the puts). On a shared storage the copies of each
+        session's last turn come first, with the cross-process turn locks of up to :data:`_TURN_LOCKS`
+        sessions held (see :meth:`import_memories`).
 
         Stopped midway (an error or a cancellation), the chunks written stay: the error gets a note of
         how many memories were written (``progress`` says it too), those written get their vectors in
@@ -598,42 +604,43 @@ class MemoryMaintenance(TierMovement):
         for tier, items in placement.items():
             for memory in items:
                 tiers_of.setdefault(memory.id, set()).add(tier)
-        chunks = [
-            (tier, placement[tier][start : start + _IMPORT_CHUNK])
-            for tier in (MemoryTier.SHORT, MemoryTier.MEDIUM, MemoryTier.LONG)
-            for start in range(0, len(placement[tier]), _IMPORT_CHUNK)
+        order = (MemoryTier.SHORT, MemoryTier.MEDIUM, MemoryTier.LONG)
+        heads = _last_turns(memories, floors) if backend.shared else {}
+        first_written = set(heads.values())
+        head_copies = [
+            (tier, memory) for tier in order for memory in placement[tier] if memory.id in first_written
         ]
-        total = sum(len(items) for _, items in chunks)
+        chunks = [
+            (tier, rest[start : start + _IMPORT_CHUNK])
+            for tier in order
+            for rest in ([memory for memory in placement[tier] if memory.id not in first_written],)
+            for start in range(0, len(rest), _IMPORT_CHUNK)
+        ]
+        total = sum(len(items) for items in placement.values())
         done = 0
         written: dict[str, None] = {}
         try:
+            # on a shared storage each session's last turn first, under the lock remember_messages numbers
+            # a session's turns with: another process numbering a turn of it between two chunks read the
+            # highest turn written so far (499 of 700) and gave out numbers the next chunk wrote again
+            keys = sorted(heads, key=json.dumps)
+            for first in range(0, len(keys), _TURN_LOCKS):
+                batch = keys[first : first + _TURN_LOCKS]
+                head_ids = {heads[key] for key in batch}
+                names = [f"turns:{json.dumps(key)}" for key in batch]
+                async with self._turn_lock, backend.exclusive(*names), self._write_lock:
+                    for tier in order:
+                        items = [memory for at, memory in head_copies if at is tier and memory.id in head_ids]
+                        if items:
+                            await self._write_import_chunk(
+                                tier, items, memories, tiers_of, floors, links, written
+                            )
+                            done += len(items)
+                if progress is not None:
+                    progress("writing", done, total)
             for tier, items in chunks:
                 async with self._turn_lock, self._write_lock:
-                    backend = self._require("import_memories")
-                    ids = [memory.id for memory in items]
-                    stored = await backend.copies(ids)
-                    for copy in stored:  # written meanwhile by another user (an id given to add_memory)
-                        if copy.user_id != memories[copy.id].user_id:
-                            raise _another_users_id(copy.id, links[copy.id])
-                    # a memory whose text the import replaces loses the old text's vector first (as an
-                    # update of a text does): embedded after every chunk is written, an import stopped
-                    # before that (killed, its model failing) left the old vector for good (the next open
-                    # embeds memories without one only)
-                    retexted = [copy.id for copy in stored if copy.content != memories[copy.id].content]
-                    if retexted:
-                        await backend.delete_vectors(list(dict.fromkeys(retexted)))
-                    try:
-                        await backend.put(tier, items)
-                        written.update(dict.fromkeys(ids))
-                        stale: dict[MemoryTier, list[str]] = {}
-                        for copy in stored:
-                            if copy.tier not in tiers_of[copy.id]:
-                                stale.setdefault(copy.tier, []).append(copy.id)
-                        for stale_tier, stale_ids in stale.items():
-                            await backend.delete(stale_tier, stale_ids)
-                    finally:  # the tiers and sessions changed: ranked and read again from the storage
-                        self._victim_reserve.clear()
-                        self._forget_turn_state(floors)
+                    await self._write_import_chunk(tier, items, memories, tiers_of, floors, links, written)
                 done += len(items)
                 if progress is not None:
                     progress("writing", done, total)
@@ -653,8 +660,52 @@ class MemoryMaintenance(TierMovement):
             )
             if self.embedder is not None and written:
                 self._embed_later([memories[memory_id] for memory_id in written])
+            if written and self._state == "ready" and not self._closing:
+                # the chunks written may have filled a tier past its capacity (a write between two chunks
+                # took room they were placed in): moved now, not left over until the next write
+                self._start_rebalance()
             raise
         return len(written)
+
+    async def _write_import_chunk(
+        self,
+        tier: MemoryTier,
+        items: list[Memory],
+        memories: Mapping[str, Memory],
+        tiers_of: Mapping[str, set[MemoryTier]],
+        floors: Mapping[tuple[str | None, str], int],
+        links: Mapping[str, tuple[str | None, str, str]],
+        written: dict[str, None],
+    ) -> None:
+        """Write one chunk of an import's copies in ``tier`` (call with the turn and write locks).
+
+        The copies it replaces in tiers the memory's placement does not use are deleted after the put;
+        the ids are added to ``written`` once put.
+        """
+        backend = self._require("import_memories")
+        ids = [memory.id for memory in items]
+        stored = await backend.copies(ids)
+        for copy in stored:  # written meanwhile by another user (an id given to add_memory)
+            if copy.user_id != memories[copy.id].user_id:
+                raise _another_users_id(copy.id, links[copy.id])
+        # a memory whose text the import replaces loses the old text's vector first (as an update of a
+        # text does): embedded after every chunk is written, an import stopped before that (killed, its
+        # model failing) left the old vector for good (the next open embeds memories without one only)
+        retexted = [copy.id for copy in stored if copy.content != memories[copy.id].content]
+        if retexted:
+            await backend.delete_vectors(list(dict.fromkeys(retexted)))
+        try:
+            await backend.put(tier, items)
+            written.update(dict.fromkeys(ids))
+            stale: dict[MemoryTier, list[str]] = {}
+            for copy in stored:
+                if copy.tier not in tiers_of[copy.id]:
+                    stale.setdefault(copy.tier, []).append(copy.id)
+            for stale_tier, stale_ids in stale.items():
+                await backend.delete(stale_tier, stale_ids)
+        finally:  # the tiers and sessions changed: ranked and read again from the storage
+            self._victim_reserve.clear()
+            self._forget_turn_state(floors)
 
     async def _embed_imported(self, memories: list[Memory], progress: ImportProgress | None) -> None:
         """Embed imported memories (stored already) and save their vectors, a batch at a time.
@@ -911,6 +962,20 @@ class MemoryMaintenance(TierMovement):
         self._require("flush")
         await self._drain_background()
         await self._flush_touches()
+
+
+def _last_turns(
+    memories: Mapping[str, Memory], floors: Mapping[tuple[str | None, str], int]
+) -> dict[tuple[str | None, str], str]:
+    """The id of the memory holding each session's highest turn in an import (``floors``: that turn + 1)."""
+    heads: dict[tuple[str | None, str], str] = {}
+    for memory in memories.values():
+        if memory.session_id is None or memory.turn_index is None:
+            continue
+        key = (memory.user_id, memory.session_id)
+        if memory.turn_index + 1 == floors.get(key) and key not in heads:
+            heads[key] = memory.id
+    return heads
 
 
 _OPEN_FILE_PREFIXES = ("/dev/", "/proc/")

@@ -60,6 +60,8 @@ DATABASE_FILE_NAME = "memories.sqlite3"
 _SQLITE_HEADER = b"SQLite format 3\x00"
 # store_state names of undone merges not finished yet (LocalBackend.unmerge): the prefix, then the merged id
 _UNMERGE_PREFIX = "unmerge:"
+# store_state names of deletes whose volatile copies are not deleted yet (LocalBackend.delete_together)
+_DELETE_PREFIX = "delete:"
 _COLUMNS = (
     "id, content, importance, tags, created_at, last_accessed, access_count, metadata, user_id, source, "
     "superseded_by, merged_from, context"
@@ -505,6 +507,24 @@ class SQLiteStore:
                 [(_UNMERGE_PREFIX + merged_id,) for merged_id in merged_ids],
             )
 
+    def pending_deletes(self) -> list[str]:
+        """The ids recorded by :meth:`delete` whose delete is unfinished (:meth:`finish_deletes`)."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT name FROM store_state WHERE substr(name, 1, ?) = ? ORDER BY name",
+                (len(_DELETE_PREFIX), _DELETE_PREFIX),
+            )
+            return [row[0][len(_DELETE_PREFIX) :] for row in rows]
+
+    def finish_deletes(self, ids: Sequence[str]) -> None:
+        """Forget the pending records of these deletes (their copies are deleted from every tier)."""
+        if not ids:
+            return
+        with self._guard():
+            self._db.executemany(
+                "DELETE FROM store_state WHERE name = ?", [(_DELETE_PREFIX + memory_id,) for memory_id in ids]
+            )
+
     def _write_one(self, db: sqlite3.Connection, memory: Memory) -> int:
         values = (
             memory.id,
@@ -561,13 +581,14 @@ class SQLiteStore:
             )
         return 1 if existing is None else 0
 
-    def delete(self, ids: Sequence[str]) -> list[str]:
+    def delete(self, ids: Sequence[str], *, pending_deletes: Sequence[str] = ()) -> list[str]:
         """Delete memories in one transaction; return the ids that were present.
 
         Their vectors stay (a memory moved to a faster tier keeps its vector): :meth:`delete_vectors`
-        forgets them when the memory is gone from every tier.
+        forgets them when the memory is gone from every tier. ``pending_deletes``: ids whose copies in the
+        log are still to be deleted, recorded in the same transaction (see :meth:`pending_deletes`).
         """
-        if not ids:
+        if not ids and not pending_deletes:
             return []
         with self._guard():
             db = self._db
@@ -585,6 +606,10 @@ class SQLiteStore:
                     db.execute("DELETE FROM memory_tags WHERE memory_rowid = ?", row)
                 if present:
                     self._mark_erasure(db)
+                db.executemany(
+                    "INSERT OR REPLACE INTO store_state(name, value) VALUES (?, 1)",
+                    [(_DELETE_PREFIX + memory_id,) for memory_id in pending_deletes],
+                )
                 db.execute("COMMIT")
             except BaseException:
                 _rollback(db)

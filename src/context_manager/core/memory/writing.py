@@ -719,11 +719,12 @@ class MemoryWriting(TierMovement):
         located: dict[str, list[Memory]] = {}
         backend = self._require("delete_memory")
         try:
-            if absorbed and backend.shared:
-                # the originals and the memory in one transaction: one transaction per copy, cut short as
-                # the first original's delete committed, left that original deleted and the others and
-                # the memory stored (nothing of the memory gone: the follow-up below saw no delete begun),
-                # and an undo then brought back part of the originals
+            if absorbed:
+                # the originals and the memory at once: one transaction per copy, cut short as the first
+                # original's delete committed (a cancellation on a shared storage, a process killed on
+                # any), left that original deleted and the others and the memory stored, and an undo then
+                # brought back part of the originals (the embedded store records the delete with its
+                # long-term copies and finishes it when it opens)
                 deleted = set(await backend.delete_together([*by_original, memory_id]))
                 removed += [copy for copy in [*absorbed, *copies] if (copy.id, copy.tier) in deleted]
             else:

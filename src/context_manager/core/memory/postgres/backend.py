@@ -580,28 +580,54 @@ class PostgresBackend:
         """Replace the memories still stored in ``tier``, in one transaction; return the ids replaced.
 
         An ``UPDATE`` of the row ``(id, tier)``: a row another process deleted or moved meanwhile is not
-        found, so it is not written back (an upsert would re-create it next to the moved copy).
+        found, so it is not written back (an upsert would re-create it next to the moved copy). A memory
+        whose text changes loses its stored vector (of the old text) in the same transaction, as with
+        :meth:`update`.
         """
         if not memories:
             return []
         rows = []
+        texts: dict[str, str] = {}
         for memory in sorted(memories, key=_by_id):  # rows locked in key order (see _DELETE)
             memory.tier = tier
             row = _row(memory)
             rows.append((*row[2:], row[0], row[1]))
+            texts[memory.id] = memory.content
+        drop_vectors = await self._vector_table_exists()
 
-        async def write(connection: psycopg.AsyncConnection[Any]) -> list[str]:
+        async def write(connection: psycopg.AsyncConnection[Any]) -> tuple[list[str], int]:
             replaced: list[str] = []
             async with connection.transaction(), connection.cursor() as cursor:
+                retexted: list[str] = []
+                if drop_vectors:
+                    await cursor.execute(
+                        "SELECT m.id FROM cm_memories m "
+                        "JOIN unnest(%s::text[], %s::text[]) AS n(id, content) ON m.id = n.id "
+                        "WHERE m.tier = %s AND m.content <> n.content",
+                        (list(texts), list(texts.values()), tier.value),
+                    )
+                    retexted = sorted(row[0] for row in await cursor.fetchall())
                 await cursor.executemany(_REPLACE, rows, returning=True)
                 while True:
                     found = await cursor.fetchone()
                     if found is not None:
                         replaced.append(found[0])
                     if not cursor.nextset():
-                        return replaced
+                        break
+                dropped = 0
+                if retexted:  # the old text's vectors, committed with the new text
+                    await cursor.execute(
+                        "DELETE FROM cm_memory_vectors WHERE id = ANY(%s) "
+                        "RETURNING model = %s AND dimension = %s",
+                        (retexted, self._vector_model, self._vector_dimension),
+                    )
+                    dropped = sum(1 for row in await cursor.fetchall() if row[0])
+            return replaced, dropped
 
-        return await self.database.run(write, "memory replace")
+        replaced, dropped = await self.database.run(write, "memory replace")
+        if self._vector_model is not None:
+            self._vector_count = max(0, self._vector_count - dropped)
+        return replaced
 
     async def move(self, memories: Sequence[Memory], source: MemoryTier, target: MemoryTier) -> None:
         """Move memories between tiers: one statement copies the stored rows and deletes the old ones.
@@ -790,10 +816,11 @@ class PostgresBackend:
                 values = [*(value for _, value in assignments), wanted]
                 if drop_vectors:  # in the same statement: no round trip of its own
                     cursor = await connection.execute(
-                        "WITH dropped AS (DELETE FROM cm_memory_vectors WHERE id = ANY(%s) RETURNING 1) "
+                        "WITH dropped AS (DELETE FROM cm_memory_vectors WHERE id = ANY(%s) "
+                        "RETURNING model = %s AND dimension = %s AS of_model) "
                         f"UPDATE cm_memories SET {columns} WHERE id = ANY(%s) "  # noqa: S608
-                        "RETURNING id, (SELECT count(*) FROM dropped)",
-                        [wanted, *values],
+                        "RETURNING id, (SELECT count(*) FILTER (WHERE of_model) FROM dropped)",
+                        [wanted, self._vector_model, self._vector_dimension, *values],
                     )
                 else:
                     cursor = await connection.execute(
@@ -928,11 +955,9 @@ class PostgresBackend:
             exists = await self._fetch(_VECTORS_EXIST, (), "vector table")
             if not exists[0][0]:
                 return
-        rows = await self._fetch(
-            "DELETE FROM cm_memory_vectors WHERE id = ANY(%s) RETURNING 1", (list(erased),), "vector delete"
-        )
+        dropped = await self._delete_vector_rows(erased)
         if self._vector_model is not None:
-            self._vector_count = max(0, self._vector_count - len(rows))
+            self._vector_count = max(0, self._vector_count - dropped)
 
     async def touch(self, updates: Mapping[str, tuple[float, int]]) -> None:
         """Record access times and counts (never lowering what another process recorded)."""
@@ -1384,8 +1409,19 @@ class PostgresBackend:
             for memory, vector in zip(memories, vectors, strict=True)
         ]
 
-        async def write(connection: psycopg.AsyncConnection[Any]) -> None:
+        current = (self._vector_model, self._vector_dimension)
+
+        async def write(connection: psycopg.AsyncConnection[Any]) -> int:
             async with connection.transaction(), connection.cursor() as cursor:
+                # the vectors of the current model this write adds (one replacing a memory's vector of
+                # that model adds none): the count is of vectors stored, not of vectors saved
+                await cursor.execute(
+                    "SELECT count(*) FROM cm_memory_vectors "
+                    "WHERE id = ANY(%s) AND model = %s AND dimension = %s",
+                    ([row[0] for row in rows], *current),
+                )
+                counted = await cursor.fetchone()
+                replaced = int(counted[0]) if counted is not None else 0
                 cursor.adapters.register_dumper(_BinaryVector, _binary_vector_dumper())
                 await cursor.executemany(
                     "INSERT INTO cm_memory_vectors (id, owner, model, dimension, embedding) "
@@ -1394,9 +1430,10 @@ class PostgresBackend:
                     "embedding = EXCLUDED.embedding",
                     rows,
                 )
+            ours = len({row[0] for row in rows if (row[2], row[3]) == current})
+            return ours - replaced
 
-        await self.database.run(write, "vector write")
-        self._vector_count += len(rows)
+        self._vector_count = max(0, self._vector_count + await self.database.run(write, "vector write"))
 
     @contextlib.asynccontextmanager
     async def bulk_vectors(self, dimension: int, count: int) -> AsyncIterator[None]:
@@ -1437,10 +1474,16 @@ class PostgresBackend:
         """Forget the vectors of ``ids`` (in a session without an embedder too: if the table exists)."""
         if not ids or not await self._vector_table_exists():
             return
+        self._vector_count = max(0, self._vector_count - await self._delete_vector_rows(ids))
+
+    async def _delete_vector_rows(self, ids: Sequence[str]) -> int:
+        """Delete the vectors of ``ids`` (every model); return how many were of the current model."""
         rows = await self._fetch(
-            "DELETE FROM cm_memory_vectors WHERE id = ANY(%s) RETURNING 1", (list(ids),), "vector delete"
+            "DELETE FROM cm_memory_vectors WHERE id = ANY(%s) RETURNING model = %s AND dimension = %s",
+            (list(ids), self._vector_model, self._vector_dimension),
+            "vector delete",
         )
-        self._vector_count = max(0, self._vector_count - len(rows))
+        return sum(1 for row in rows if row[0])
 
     async def nearest(self, vector: numpy.ndarray, scope: UserScope, limit: int) -> list[VectorHit]:
         """The scope's most similar vectors (HNSW with iterative scans, so a filter keeps enough hits)."""
