@@ -163,7 +163,9 @@ async def test_check_outcomes_exceptions_timeouts_and_threads() -> None:
     async def hanging_check() -> None:
         await hang.wait()
 
-    checker = HealthChecker(check_timeout=0.05)
+    # 1 s: a sync check's thread must start and return within it (0.05 s, the queue check itself timed out
+    # on a machine at load 16)
+    checker = HealthChecker(check_timeout=1.0)
     checker.register_check("queue", sync_check)
     checker.register_check("upstream", failing_check)
     checker.register_check("hangs", hanging_check)
@@ -181,7 +183,7 @@ async def test_check_outcomes_exceptions_timeouts_and_threads() -> None:
     upstream = status.checks["upstream"]
     assert upstream.status is HealthState.UNHEALTHY
     assert upstream.message == "check raised ConnectionError: upstream unreachable"
-    assert status.checks["hangs"].message == "timed out after 0.05 s"
+    assert status.checks["hangs"].message == "timed out after 1 s"
     assert "expected CheckOutcome" in status.checks["weird"].message
     assert status.checks["state"].status is HealthState.HEALTHY
     assert status.status is HealthState.DEGRADED
@@ -702,7 +704,11 @@ async def test_a_sync_check_still_hung_from_an_earlier_run_is_not_started_again(
         calls.append(time.monotonic())
         return gate.wait(30)
 
-    checker = HealthChecker(storage_path=tmp_path, check_timeout=3.0)  # fsync is slow under load
+    # fsync is slow under load; and a loaded machine's timers fire late (107 ms at load 16: the built-in
+    # event-loop check failed), which is no check held by the hung one
+    checker = HealthChecker(
+        storage_path=tmp_path, check_timeout=3.0, thresholds=HealthThresholds(event_loop_lag_ms=5_000.0)
+    )
     checker.register_check("upstream", hangs)
     try:
         for run in range(20):
