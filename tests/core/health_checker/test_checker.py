@@ -736,7 +736,9 @@ async def test_a_sync_check_still_hung_from_an_earlier_run_is_not_started_again(
 
 async def test_a_replaced_hung_check_runs_at_once() -> None:
     gate = threading.Event()
-    checker = HealthChecker(check_timeout=0.05)
+    # 1 s: the replacing check's thread must start and return within it (at 0.05 s it timed out 1 run of 40
+    # on a loaded machine: "timed out after 0.05 s" instead of healthy)
+    checker = HealthChecker(check_timeout=1.0)
     checker.register_check("upstream", lambda: gate.wait(30))
     try:
         assert (await checker.perform_health_check()).checks["upstream"].status is HealthState.UNHEALTHY
