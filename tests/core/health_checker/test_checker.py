@@ -40,6 +40,10 @@ BUILTIN = [
     "background_tasks",
 ]
 
+LOAD_PROOF = HealthThresholds(event_loop_lag_ms=5_000.0)
+"""Thresholds for tests about other checks: a loaded machine's timers fire 100 ms late and more, which the
+built-in event-loop check reports (a failing check these tests did not expect)."""
+
 
 class _Parts:
     """Carries real parts (a SQLite store, a monitor) the way a context manager exposes them."""
@@ -83,7 +87,7 @@ async def test_a_fresh_checker_is_healthy() -> None:
 
 
 async def test_custom_checks_decide_the_state_and_score() -> None:
-    checker = HealthChecker()
+    checker = HealthChecker(thresholds=LOAD_PROOF)  # a lagging loop would fail one more check
     checker.register_check("cache_reachable", lambda: False)
     status = await checker.perform_health_check()
     assert status.status is HealthState.DEGRADED  # not critical: degraded, not unhealthy
@@ -163,7 +167,9 @@ async def test_check_outcomes_exceptions_timeouts_and_threads() -> None:
     async def hanging_check() -> None:
         await hang.wait()
 
-    checker = HealthChecker(check_timeout=0.05)
+    # 1 s: a sync check's thread must start and return within it (0.05 s, the queue check itself timed out
+    # on a machine at load 16)
+    checker = HealthChecker(check_timeout=1.0)
     checker.register_check("queue", sync_check)
     checker.register_check("upstream", failing_check)
     checker.register_check("hangs", hanging_check)
@@ -181,7 +187,7 @@ async def test_check_outcomes_exceptions_timeouts_and_threads() -> None:
     upstream = status.checks["upstream"]
     assert upstream.status is HealthState.UNHEALTHY
     assert upstream.message == "check raised ConnectionError: upstream unreachable"
-    assert status.checks["hangs"].message == "timed out after 0.05 s"
+    assert status.checks["hangs"].message == "timed out after 1 s"
     assert "expected CheckOutcome" in status.checks["weird"].message
     assert status.checks["state"].status is HealthState.HEALTHY
     assert status.status is HealthState.DEGRADED
@@ -702,7 +708,9 @@ async def test_a_sync_check_still_hung_from_an_earlier_run_is_not_started_again(
         calls.append(time.monotonic())
         return gate.wait(30)
 
-    checker = HealthChecker(storage_path=tmp_path, check_timeout=3.0)  # fsync is slow under load
+    # fsync is slow under load; and a loaded machine's timers fire late (107 ms at load 16: the built-in
+    # event-loop check failed), which is no check held by the hung one
+    checker = HealthChecker(storage_path=tmp_path, check_timeout=3.0, thresholds=LOAD_PROOF)
     checker.register_check("upstream", hangs)
     try:
         for run in range(20):
@@ -728,7 +736,9 @@ async def test_a_sync_check_still_hung_from_an_earlier_run_is_not_started_again(
 
 async def test_a_replaced_hung_check_runs_at_once() -> None:
     gate = threading.Event()
-    checker = HealthChecker(check_timeout=0.05)
+    # 1 s: the replacing check's thread must start and return within it (at 0.05 s it timed out 1 run of 40
+    # on a loaded machine: "timed out after 0.05 s" instead of healthy)
+    checker = HealthChecker(check_timeout=1.0)
     checker.register_check("upstream", lambda: gate.wait(30))
     try:
         assert (await checker.perform_health_check()).checks["upstream"].status is HealthState.UNHEALTHY
@@ -749,7 +759,12 @@ async def test_a_sync_repair_still_hung_from_an_earlier_run_is_not_started_again
         gate.wait(30)
         return "reconnected"
 
-    checker = HealthChecker(storage_path=tmp_path, enable_auto_recovery=True, repair_timeout=0.05)
+    checker = HealthChecker(
+        storage_path=tmp_path,
+        enable_auto_recovery=True,
+        repair_timeout=0.05,
+        thresholds=LOAD_PROOF,  # the event-loop check failed at load 15 ("a timer fired ... late")
+    )
     checker.register_check("upstream", lambda: CheckOutcome(HealthState.DEGRADED, "down", repair=repair))
     try:
         for run in range(20):
