@@ -106,6 +106,32 @@ def test_migrate_refuses_a_nan_another_program_wrote_with_the_memory_named(tmp_p
             assert database.execute("SELECT count(*) FROM memories").fetchone() == (0,)
 
 
+def test_migrate_prune_refusing_a_nan_leaves_the_target_as_it_was(tmp_path: Path) -> None:
+    """``memory migrate --prune`` of a source holding a NaN pruned the target first (the memories deleted
+    from the source since the last run, and its conversations) and only then stopped on the NaN, whose
+    error says the migration stops before it writes: the refused command had changed the target. The
+    source's copies are now checked before anything is written to the target."""
+    store, target = tmp_path / "store", tmp_path / "target"
+    _add("--storage", str(store), content="a memory with clean values")
+    gone = _add("--storage", str(store), content="a memory deleted from the source after the first run")
+    damaged = _add("--storage", str(store), content="a memory whose metadata another program changed")
+    copied = run_cli("memory", "migrate", "--from", str(store), "--to", str(target))
+    assert copied.returncode == 0, copied.stdout + copied.stderr
+    deleted = run_cli("--storage", str(store), "memory", "delete", gone)
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    with sqlite3.connect(store / "memories.sqlite3") as database:
+        database.execute("UPDATE memories SET metadata = ? WHERE id = ?", ('{"score": NaN}', damaged))
+    with sqlite3.connect(target / "memories.sqlite3") as database:
+        before = database.execute("SELECT id, content FROM memories ORDER BY id").fetchall()
+    assert gone in {row[0] for row in before}
+    refused = run_cli("memory", "migrate", "--from", str(store), "--to", str(target), "--prune")
+    assert_one_line_error(
+        refused, f"cannot copy memory '{damaged}'", "its metadata.score is not a finite number"
+    )
+    with sqlite3.connect(target / "memories.sqlite3") as database:
+        assert database.execute("SELECT id, content FROM memories ORDER BY id").fetchall() == before
+
+
 def test_export_refuses_a_nan_importance_on_postgresql(
     tmp_path: Path, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -567,6 +567,10 @@ async def migrate_storage(
     target_conversations: ConversationStore | None = None
     try:
         source_copies = await source_backend.scan(ALL_USERS, every_copy=True)
+        # each copy's checksum before anything is written to the target: a copy that has none (a NaN another
+        # program wrote) stops the migration with the target as it was (prune and the stale copies' removal
+        # had changed it before the copy stopped)
+        source_digests = {(memory.id, memory.tier): copy_digest(memory) for memory in source_copies}
         target_copies = await target_backend.scan(ALL_USERS, every_copy=True)
         generations_of: dict[
             str, set[tuple[str | None, float]]
@@ -655,7 +659,9 @@ async def migrate_storage(
                 for conversation_id in sorted(foreign_conversations):
                     report.conversations_pruned += bool(await target_conversations.delete(conversation_id))
         report.total_copies = len(source_copies)
-        await _copy_memories(source_copies, target_copies, target_backend, batch_size, report, progress)
+        await _copy_memories(
+            source_copies, source_digests, target_copies, target_backend, batch_size, report, progress
+        )
         if vectors:
             await _copy_vectors(source_backend, target_backend, source_copies, batch_size, report)
         if source_conversations is not None and target_conversations is not None:
@@ -814,6 +820,7 @@ async def _prune(
 
 async def _copy_memories(
     source_copies: list[Memory],
+    source_digests: dict[tuple[str, MemoryTier], str],
     target_copies: list[Memory],
     target: MemoryBackend,
     batch_size: int,
@@ -834,7 +841,7 @@ async def _copy_memories(
     # have a long-term copy when the long-term copy is written)
     missing: list[Memory] = []
     for key, memory in sorted(wanted.items(), key=lambda item: (TIER_ORDER[item[0][1]], item[1].created_at)):
-        if present.get(key) == copy_digest(memory):
+        if present.get(key) == source_digests[key]:
             report.already_present += 1
         else:
             missing.append(memory)
