@@ -361,6 +361,12 @@ def test_the_cli_has_no_command_that_runs_tools() -> None:
         "memory delete",  # deletes memories by id (delete_memory); runs no tool
         "health",
         "examples",
+        # reviewed: read and delete persisted conversations through the conversation store (the same
+        # ownership rules as delete_conversation with --user); replaying a record runs no tool
+        "conversations",
+        "conversations list",
+        "conversations show",
+        "conversations delete",
         # reviewed: runs the application's tools only through its ToolManager (policy, approval callback,
         # rate limits per server user, timeouts); the module comes from the operator's command line, never
         # from a client; HTTP only on 127.0.0.1 with the SDK's DNS-rebinding checks (test_mcp_server.py)
