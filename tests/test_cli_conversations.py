@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,16 +12,7 @@ from typing import Any
 import pytest
 
 from context_manager import ContextManagerConfig, ConversationConflictError, EnhancedContextManager
-
-
-def run_cli(*arguments: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "context_manager", *arguments],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ, COLUMNS="200"),
-    )
+from tests.cli_support import run_cli
 
 
 def run_json(*arguments: str) -> Any:

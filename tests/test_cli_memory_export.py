@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-
-def run_cli(*arguments: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "context_manager", *arguments],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ, COLUMNS="200"),
-    )
+from tests.cli_support import run_cli
 
 
 def strict_json(text: str) -> Any:

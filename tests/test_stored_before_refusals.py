@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from context_manager import ContextManagerConfig, EnhancedContextManager, register_memory_tools, tool
+from tests.cli_support import run_cli
 
 MARKER_KEY = "context_manager.anthropic_cache_control"
 
@@ -36,16 +37,6 @@ def rewrite_records(storage: Path, old: str, new: str) -> int:
             (old, new, old),
         ).rowcount
     return changed
-
-
-def run_cli(*arguments: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "context_manager", *arguments],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ, COLUMNS="200"),
-    )
 
 
 async def test_a_refused_cache_control_stored_before_resumes_exports_and_shows_without_it(

@@ -655,11 +655,11 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
 
 
-def run_until_embedding(storage: Path, dsn: str) -> str:
-    """Run :data:`RE_EMBEDDER` and SIGKILL it once its update committed and the new text is being embedded;
-    the id of the memory it updated."""
+def run_until_marker(script: str, marker: str, *args: object) -> str:
+    """Run ``script`` in a subprocess, SIGKILL it once it printed a memory id and then ``marker`` (the
+    moment to kill it at); the id."""
     process = subprocess.Popen(
-        [sys.executable, "-c", PREAMBLE + RE_EMBEDDER, str(storage), dsn],
+        [sys.executable, "-c", PREAMBLE + script, *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -667,14 +667,20 @@ def run_until_embedding(storage: Path, dsn: str) -> str:
     assert process.stdout is not None and process.stderr is not None
     try:
         memory_id = process.stdout.readline().strip()
-        marker = process.stdout.readline().strip()
+        printed = process.stdout.readline().strip()
         failed = process.stderr.read() if process.poll() is not None else ""
-        assert memory_id and marker == "EMBEDDING", failed
+        assert memory_id and printed == marker, failed
     finally:
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=30)
     assert process.returncode == -signal.SIGKILL
     return memory_id
+
+
+def run_until_embedding(storage: Path, dsn: str) -> str:
+    """Run :data:`RE_EMBEDDER` and SIGKILL it once its update committed and the new text is being embedded;
+    the id of the memory it updated."""
+    return run_until_marker(RE_EMBEDDER, "EMBEDDING", str(storage), dsn)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
@@ -765,23 +771,7 @@ asyncio.run(main(sys.argv[1]))
 
 def run_until_first_delete(storage: Path) -> str:
     """Run :data:`MERGED_DELETER`, SIGKILL it once its first database delete committed; the merged id."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", PREAMBLE + MERGED_DELETER, str(storage)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None and process.stderr is not None
-    try:
-        memory_id = process.stdout.readline().strip()
-        marker = process.stdout.readline().strip()
-        failed = process.stderr.read() if process.poll() is not None else ""
-        assert memory_id and marker == "COMMITTED", failed
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.communicate(timeout=30)
-    assert process.returncode == -signal.SIGKILL
-    return memory_id
+    return run_until_marker(MERGED_DELETER, "COMMITTED", str(storage))
 
 
 async def test_a_merged_memory_delete_killed_midway_deletes_all_of_it_or_none(tmp_path: Path) -> None:
@@ -824,23 +814,7 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 
 def run_until_replaced(storage: Path, dsn: str) -> str:
     """Run :data:`REPLACER`, SIGKILL it once its ``replace`` returned; the id of the memory it replaced."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", PREAMBLE + REPLACER, str(storage), dsn],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None and process.stderr is not None
-    try:
-        memory_id = process.stdout.readline().strip()
-        marker = process.stdout.readline().strip()
-        failed = process.stderr.read() if process.poll() is not None else ""
-        assert memory_id and marker == "REPLACED", failed
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.communicate(timeout=30)
-    assert process.returncode == -signal.SIGKILL
-    return memory_id
+    return run_until_marker(REPLACER, "REPLACED", str(storage), dsn)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
